@@ -163,3 +163,22 @@ def test_real_data_converts_to_supervisely_and_back(shared_data, tmp_path):
     for a, b in zip(ds, back):
         assert np.array_equal(a.mask, b.mask) and np.array_equal(a.image, b.image)
     assert Path(back[0].meta['source']).read_bytes() == Path(ds[0].meta['source']).read_bytes()   # source copied, not re-encoded
+
+
+def test_every_kind_is_picklable(tmp_path, monkeypatch):
+    "DataLoader workers started with 'spawn' (macOS, Windows) pickle the dataset: every reader's loader must pickle."
+    import pickle
+    monkeypatch.setenv('DEFECT_SAM_CACHE', str(tmp_path/'cache'))
+    syn = load_dataset('synthetic', n_images=4, seed=0, height=32, width=64)
+    kinds = [syn, syn.as_binary(), load_dataset('supervisely', write_supervisely(syn, tmp_path/'sly'))]
+    fold = tmp_path/'fold'
+    for s in syn:
+        (fold/'images').mkdir(parents=True, exist_ok=True); (fold/'masks').mkdir(exist_ok=True)
+        Image.fromarray(s.image).save(fold/'images'/f'{Path(s.id).stem}.png'); Image.fromarray(s.mask).save(fold/'masks'/f'{Path(s.id).stem}.png')
+    kinds.append(load_dataset('folder', fold, classes=CLASSES))
+    (fold/'list.txt').write_text(''.join(f'images/{Path(i).stem}.png masks/{Path(i).stem}.png\n' for i in syn.ids))
+    kinds.append(load_dataset('crack500', fold, split='list.txt', mask_mode='index'))
+    for ds in kinds:
+        back = pickle.loads(pickle.dumps(ds))
+        assert back.ids == ds.ids and back.classes == ds.classes
+        assert np.array_equal(back[1].mask, ds[1].mask) and np.array_equal(back[1].image, ds[1].image)
