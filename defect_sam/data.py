@@ -141,7 +141,7 @@ def download_severstal(root:str|Path|None=None, # target folder (default: cache_
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return root
 
-# %% ../nbs/05_data.ipynb #2a349c80
+# %% ../nbs/05_data.ipynb #e07fc7ad
 SPLITS = ('train', 'val', 'test')
 
 def ids_hash(ids:Sequence[str]) -> str:
@@ -197,6 +197,10 @@ def _read_manifest(path:Path, kind:str) -> dict:
     return m
 
 def _check_ids(path:Path, named:Sequence[str], ds:DefectDataset, what:str):
+    if not all(isinstance(i, str) for i in named): raise DataError(f"{path}: ids must be strings")
+    if len(set(named)) != len(named):
+        dup = sorted(i for i, n in pd.Series(named).value_counts().items() if n > 1)
+        raise DataError(f"{path}: lists {len(dup)} ids more than once (in two splits, or twice in one), e.g. {dup[:5]}")
     missing = [i for i in named if i not in ds]
     if missing: raise DataError(f"{path}: names {len(missing)} ids missing from {what} {ds.name!r}, e.g. {missing[:5]}; "
                                 f"it was made for other data: use another manifest_dir or delete the file")
@@ -217,8 +221,9 @@ def split_dataset(ds:DefectDataset, # dataset to split
         if m.get('seed') != seed or not np.allclose(m.get('fractions', []), fractions):
             raise DataError(f"{path}: made with seed {m.get('seed')} and fractions {m.get('fractions')}, asked for seed {seed} "
                             f"and fractions {list(fractions)}; use another manifest_dir or delete the file")
-        parts = m.get('splits', {})
-        if set(parts) != set(SPLITS): raise DataError(f"{path}: 'splits' must hold {', '.join(SPLITS)}")
+        parts = m.get('splits')
+        if not isinstance(parts, dict) or set(parts) != set(SPLITS) or not all(isinstance(v, list) for v in parts.values()):
+            raise DataError(f"{path}: 'splits' must map {', '.join(SPLITS)} to lists of ids")
         _check_ids(path, [i for k in SPLITS for i in parts[k]], ds, 'dataset')
     else:
         labels = ds.as_multiclass().labels

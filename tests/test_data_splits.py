@@ -86,6 +86,9 @@ def test_manifest_reused_and_checked(tmp_path):
     # other fractions
     with pytest.raises(DataError, match='split_seed7.json: made with seed 7 and fractions'):
         split_dataset(ds, (0.6, 0.2, 0.2), seed=7, manifest_dir=tmp_path)
+    m2 = dict(m, splits=dict(m['splits'], val=m['splits']['val'] + m['splits']['test'][:1]))
+    man.write_text(json.dumps(m2))
+    with pytest.raises(DataError, match=r'split_seed7.json: lists 1 ids more than once'): split_dataset(ds, seed=7, manifest_dir=tmp_path)
     man.write_text('{not json')
     with pytest.raises(DataError, match='split_seed7.json: unreadable manifest'): split_dataset(ds, seed=7, manifest_dir=tmp_path)
 
