@@ -225,6 +225,10 @@ class DefectDataset(Sequence):
         "The any-defect-vs-background view of this dataset."
         return self._new(self.ids, True)
 
+    def as_multiclass(self) -> 'DefectDataset':
+        "The multi-class view of this dataset (undoes `as_binary`)."
+        return self._new(self.ids, False)
+
     def __repr__(self):
         kind = 'binary' if self.binary else f'{self.num_classes - 1} defect classes'
         return f"DefectDataset({self.name!r}, {len(self)} samples, {kind}{f', root={str(self.root)!r}' if self.root else ''})"
