@@ -193,6 +193,8 @@ def test_bad_inputs(base, img):
     with pytest.raises(DataError, match='mask_input'):
         base.predict_prompts(img, boxes=[[0, 0, 5, 5]], mask_input=np.zeros((1, 10, 10)))
     with pytest.raises(DataError, match='2 prompt dicts'): base.predict_batch([img], [{}, {}])
+    with pytest.raises(ConfigError, match=r"unknown prompt keywords \['box'\]"): base.predict_batch([img], [dict(box=[0, 0, 5, 5])])
+    with pytest.raises(DataError, match='only padding'): base.predict(img, points=[[[1, 1]]], labels=[[-1]])
     for kw in (dict(size='huge'), dict(weights=3), dict(image_size=100), dict(tiling=dict(tile=8)),
                dict(tiling=[256]), dict(encode_batch_size=0)):
         with pytest.raises(ConfigError): S.SamSegmenter(**{'weights': 'random', **kw})
