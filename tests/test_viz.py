@@ -15,12 +15,12 @@ from defect_sam.viz import (ERROR_COLORS, overlay_errors, plot_four_panel, plot_
 def test_many_figures_leak_nothing(tmp_path):
     rng = np.random.default_rng(0)
     before = len(plt.get_fignums())
-    for k in range(15):
+    for k in range(8):
         im = rng.integers(0, 255, (40, 250, 3), dtype=np.uint8)
         g = (rng.random((40, 250)) < 0.1).astype(np.uint8); p = (rng.random((40, 250)) < 0.1).astype(np.uint8) * 2
-        plot_four_panel(im, g, p, tmp_path / f'f{k}.png', title=str(k))
+        plot_four_panel(im, g, p, tmp_path / f'f{k}.png', title=str(k), dpi=60)
     assert len(plt.get_fignums()) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f'f{k}.png' for k in range(15))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f'f{k}.png' for k in range(8))
     assert Image.open(tmp_path / 'f0.png').format == 'PNG'
 
 
