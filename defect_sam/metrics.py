@@ -180,10 +180,10 @@ def prob_histogram(prob:np.ndarray, # HxW or CxHxW probabilities
     p = defect_probability(check_probs(prob, where))
     g = np.asarray(gt)
     if p.shape != g.shape: raise DataError(f"{where}: probability shape {p.shape} differs from ground truth shape {g.shape}")
-    idx = (p * bins).astype(np.int32)
+    idx = (p * np.float32(bins)).astype(np.intp)
     np.minimum(idx, bins - 1, out=idx)
-    idx += (g > 0).astype(np.int32) * bins
-    return np.bincount(idx.ravel(), minlength=2 * bins).reshape(2, bins).astype(np.int64)
+    pos = np.bincount(idx[g > 0], minlength=bins)
+    return np.stack([np.bincount(idx.ravel(), minlength=bins) - pos, pos]).astype(np.int64)
 
 def pr_curve_from_histogram(hist:np.ndarray) -> tuple: # (2, bins) from `prob_histogram` (summed)
     "(thresholds, precision, recall) at every bin's lower edge, thresholds descending."
