@@ -114,12 +114,16 @@ def _bbox(m:np.ndarray, margin:int=0):
 
 def skeletonize_mask(mask:np.ndarray, # HxW binary mask
                     ) -> np.ndarray: # HxW bool skeleton
-    "The scikit-image skeleton of `mask`, computed on its bounding region."
+    "The scikit-image skeleton of `mask`, computed component by component on their bounding regions."
     m = np.asarray(mask).astype(bool, copy=False)
     out = np.zeros(m.shape, bool)
     if not m.any(): return out
-    y0, y1, x0, x1 = _bbox(m, 1)
-    out[y0:y1, x0:x1] = skeletonize(m[y0:y1, x0:x1])
+    n, lab, st, _ = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8)
+    H, W = m.shape
+    for k in range(1, n):
+        x, y, w, h = (int(v) for v in st[k, :4])
+        y0, y1, x0, x1 = max(y - 1, 0), min(y + h + 1, H), max(x - 1, 0), min(x + w + 1, W)
+        out[y0:y1, x0:x1] |= skeletonize(lab[y0:y1, x0:x1] == k)
     return out
 
 def disk(radius:int) -> np.ndarray:
