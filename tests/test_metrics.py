@@ -229,3 +229,22 @@ def test_bad_inputs_name_the_image():
     with pytest.raises(DataError, match='allows 0..1'): confusion_counts(np.full((2, 2), 2), np.zeros((2, 2), int))
     with pytest.raises(ConfigError): MetricAccumulator(num_classes=0)
     with pytest.raises(ConfigError, match='2 names for 3'): MetricAccumulator(3, class_names=['a', 'b'])
+
+
+def test_memory_monitor_and_timer_use_cuda_when_torch_has_a_gpu(monkeypatch):
+    "The CUDA wiring, with a stand-in torch module (CI has no GPU): peak reset on entry, read on results, synced timer."
+    import sys
+    from types import SimpleNamespace
+    from defect_sam.metrics import MemoryMonitor, Timer
+    calls = []
+    cuda = SimpleNamespace(is_available=lambda: True, reset_peak_memory_stats=lambda: calls.append('reset'),
+                           max_memory_allocated=lambda: 3 * 2**20, synchronize=lambda: calls.append('sync'))
+    monkeypatch.setitem(sys.modules, 'torch', SimpleNamespace(cuda=cuda))
+    with MemoryMonitor(interval=0.001) as mon: pass
+    assert mon.results()['cuda_max_allocated_mb'] == 3 and calls == ['reset']
+    with Timer(cuda_sync=True): pass
+    assert calls == ['reset', 'sync', 'sync']
+    monkeypatch.delitem(sys.modules, 'torch')
+    with MemoryMonitor(interval=0.001) as mon: pass
+    assert mon.results()['cuda_max_allocated_mb'] is None     # without torch imported: no CUDA figure, no import
+    assert 'torch' not in sys.modules
