@@ -52,6 +52,20 @@ class EvalResult:
             with atomic_write(d/'calibration.csv', 'w') as f: self.calibration.table.to_csv(f)
         return d
 
+    @classmethod
+    def load(cls, folder:str|Path) -> 'EvalResult':
+        "Read a result written by `save` (summary nulls back to NaN; extras as saved; the calibration if present)."
+        d = Path(folder)
+        if not (d/'summary.json').exists(): raise DataError(f"{d}: no summary.json; not a saved evaluation result")
+        summary = {k: float('nan') if v is None else v for k, v in json.loads((d/'summary.json').read_text()).items()}
+        table = pd.read_csv(d/'per_image.csv', dtype={'id': str}, keep_default_na=False, na_values=[''])
+        extras = json.loads((d/'extras.json').read_text())
+        cal = None
+        if (d/'calibration.csv').exists() and 'calibration' in extras:
+            c = extras['calibration']
+            cal = CalibrationResult(c['threshold'], c['metric'], c['score'], pd.read_csv(d/'calibration.csv', index_col='threshold'))
+        return cls(table, summary, extras, cal)
+
     def __repr__(self):
         s = ', '.join(f'{k}={v:.4f}' for k, v in list(self.summary.items())[:6])
         return f"EvalResult({len(self.table)} images, {s}, ...)"

@@ -169,6 +169,9 @@ def test_calibration_live_saved_and_in_one_pass_agree(tmp_path):
     pd.testing.assert_frame_equal(c1.table, c2.table); pd.testing.assert_frame_equal(c1.table, r.calibration.table)
     assert c1.threshold == r.extras['calibration']['threshold']
     assert (tmp_path / 'calibration.csv').exists()
+    back = EvalResult.load(tmp_path)
+    assert back.calibration.threshold == c1.threshold and back.summary == r.summary
+    pd.testing.assert_frame_equal(back.calibration.table, r.calibration.table)
     # soft oracle: defects >= 0.6, background < 0.35 -> any threshold in (0.35, 0.6] is perfect; ties go to 0.5
     assert c1.threshold == 0.5 and c1.score == 1.0
     # with post-processing, every threshold's row equals a real evaluation at that threshold
