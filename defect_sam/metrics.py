@@ -118,12 +118,14 @@ def skeletonize_mask(mask:np.ndarray, # HxW binary mask
     m = np.asarray(mask).astype(bool, copy=False)
     out = np.zeros(m.shape, bool)
     if not m.any(): return out
-    n, lab, st, _ = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8)
-    H, W = m.shape
+    oy, y1, ox, x1 = _bbox(m)
+    sub = np.ascontiguousarray(m[oy:y1, ox:x1])   # outside it all is background: labelling the crop is cheaper
+    n, lab, st, _ = cv2.connectedComponentsWithStats(sub.view(np.uint8), connectivity=8)
+    H, W = sub.shape
     for k in range(1, n):
         x, y, w, h = (int(v) for v in st[k, :4])
         y0, y1, x0, x1 = max(y - 1, 0), min(y + h + 1, H), max(x - 1, 0), min(x + w + 1, W)
-        out[y0:y1, x0:x1] |= skeletonize(lab[y0:y1, x0:x1] == k)
+        out[oy + y0:oy + y1, ox + x0:ox + x1] |= skeletonize(lab[y0:y1, x0:x1] == k)
     return out
 
 def disk(radius:int) -> np.ndarray:

@@ -41,8 +41,8 @@ def remove_small(mask:np.ndarray, min_area:int) -> np.ndarray:
     "Drop the 8-connected components of a binary mask with fewer than `min_area` pixels."
     m = (np.asarray(mask) > 0).astype(np.uint8)
     if min_area <= 1 or not m.any(): return m
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    n, lab = cv2.connectedComponents(m, connectivity=8)
+    keep = np.bincount(lab.ravel(), minlength=n) >= min_area
     keep[0] = False
     return keep[lab].astype(np.uint8)
 
@@ -163,8 +163,9 @@ class PostProcess:
         if m.dtype == bool: m = m.astype(np.uint8)
         if not np.issubdtype(m.dtype, np.integer) or (m.size and m.min() < 0):
             raise DataError(f"post-processing needs a bool or class-index mask, got dtype {m.dtype}")
+        if not (self.open or self.close or self.fill_holes or self.min_area): return m.astype(np.uint8, copy=False)
         classes = [int(c) for c in np.unique(m) if c]
-        if not (self.open or self.close or self.fill_holes or self.min_area) or not classes: return m.astype(np.uint8)
+        if not classes: return m.astype(np.uint8, copy=False)
         if classes == [1]: return self._clean_binary(m)
         claims = np.stack([self._clean_binary(m == c) for c in classes]).astype(np.float32)
         score = claims * (1 + 2 * (m[None] == np.array(classes)[:, None, None]))
