@@ -8,7 +8,7 @@
 2. What tiling costs: image-encoder runs and wall time per image, one box prompt per defect, cold cache (random
    weights; timing does not depend on weight values).
 3. With real weights (`--weights auto` or a checkpoint path): the IoU of SAM2's actual predictions (box prompts from
-   the ground truth, threshold 0.5) for each geometry. With the default `--weights random` this part is skipped:
+   the ground truth, `prompts.boxes_from_mask`, threshold 0.5) for each geometry. With the default `--weights random` this part is skipped:
    a random model's IoU says nothing.
 
     python benchmarks/bench_sam_tiling.py [--n 100] [--n-time 3] [--weights random|auto|PATH] [--size tiny]
@@ -21,33 +21,29 @@ import numpy as np
 import torch
 
 from defect_sam.data import load_dataset
+from defect_sam.metrics import confusion_counts, iou_score
+from defect_sam.prompts import boxes_from_mask
 from defect_sam.sam import SamSegmenter, lowres_oracle_iou
 
 GEOMETRIES = {'resize': None, 'tile 256/32': dict(tile=256, overlap=32), 'tile 512/64': dict(tile=512, overlap=64)}
 
 
 def components(mask):
-    "Connected components (8-connectivity) of a binary mask: list of (component mask, box x0 y0 x1 y1, angle deg)."
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    "Connected components (8-connectivity) of a binary mask: list of (component mask, angle in degrees from horizontal)."
+    n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     out = []
     for k in range(1, n):
-        x, y, w, h = stats[k, :4]
         comp = lab == k
         ys, xs = np.nonzero(comp)
+        ang = 0.0
         if len(xs) > 2:
-            c = np.cov(np.stack([xs, ys]).astype(float))
-            ev, evec = np.linalg.eigh(c)
-            v = evec[:, -1]
-            ang = abs(np.degrees(np.arctan2(v[1], v[0])))
-            ang = min(ang, 180 - ang)
-        else: ang = 0.0
-        out.append((comp, np.array([x, y, x + w - 1, y + h - 1], np.float32), ang))
+            v = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(float)))[1][:, -1]    # principal axis
+            ang = abs(np.degrees(np.arctan2(v[1], v[0]))); ang = min(ang, 180 - ang)
+        out.append((comp, ang))
     return out
 
 
-def iou(pred, gt):
-    u = np.logical_or(pred, gt).sum()
-    return 1.0 if u == 0 else np.logical_and(pred, gt).sum() / u
+def iou(pred, gt): return float(iou_score(*confusion_counts(pred, gt)[0]))
 
 
 def main():
@@ -69,7 +65,7 @@ def main():
     rows = []
     for s in ds:
         for c in s.classes_present():
-            for comp, box, ang in components(s.mask == c):
+            for comp, ang in components(s.mask == c):
                 rows.append(dict(cls=c, ang=ang, **{g: lowres_oracle_iou(comp, a.image_size, t) for g, t in GEOMETRIES.items()}))
     print(f'\n[1] best IoU the low-res mask grid allows (oracle), mean over defects')
     head = f'  {"defects":<28}{"n":>5}' + ''.join(f'{g:>14}' for g in GEOMETRIES)
@@ -93,8 +89,8 @@ def main():
             seg.clear_cache(); e0 = seg.encoder_images
             t0 = time.perf_counter()
             for s in timed:
-                boxes = np.stack([b for c in s.classes_present() for _, b, _ in components(s.mask == c)])
-                seg.predict(s.image, boxes=boxes)
+                boxes = boxes_from_mask(s.mask > 0)
+                if len(boxes): seg.predict(s.image, boxes=boxes)
             dt = (time.perf_counter() - t0) / len(timed)
             print(f'  {g:<14} encoder runs/image {(seg.encoder_images - e0) / len(timed):5.2f}   time/image {dt:6.2f} s')
 
@@ -110,7 +106,8 @@ def main():
         for s in ds:
             for c in s.classes_present():
                 gt = s.mask == c
-                boxes = np.stack([b for _, b, _ in components(gt)])
+                boxes = boxes_from_mask(gt)
+                if not len(boxes): continue                                 # all components under min_area
                 p = seg.predict(s.image, boxes=boxes) >= 0.5
                 res[g].setdefault(c, []).append(iou(p, gt))
     print(f'  {"class":<14}' + ''.join(f'{g:>14}' for g in GEOMETRIES))

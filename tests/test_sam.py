@@ -466,3 +466,20 @@ def test_registry_and_info():
     assert i['params_total'] > i['params_image_path'] > i['params_trainable']
     with pytest.raises(ConfigError, match='finetune'): S.build_sam2('partial', weights='random')
     with pytest.raises(ConfigError, match="finetune='full'"): S.build_sam2(None, weights='random', trainable=('mask_decoder',))
+
+
+# ---------------------------------------------------------------- the evaluator end to end
+
+@pytest.mark.parametrize('class_aware', [False, True])
+def test_evaluate_end_to_end(tmp_path, class_aware):
+    from defect_sam.data import load_dataset
+    from defect_sam.evaluate import evaluate
+    ds = load_dataset('synthetic', tmp_path / 'syn', n_images=6, seed=1, defect_fraction=0.7)
+    m = build_model('sam2_zeroshot', weights='random', image_size=R)
+    with Counter(m) as c:
+        r = evaluate(m, ds, prompt='box', class_aware=class_aware, batch_size=3, progress=False)
+        r2 = evaluate(m, ds, prompt='points_3', class_aware=class_aware, batch_size=3, progress=False)
+    n_def = sum(s.has_defect for s in ds)
+    assert len(r.table) == len(ds) and r.table['prompt_empty'].sum() == len(ds) - n_def
+    assert c.images == n_def                                       # the second prompt kind reused every embedding
+    assert len(r2.table) == len(ds)
