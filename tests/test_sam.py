@@ -352,6 +352,8 @@ def test_lora_strategies_and_ranks():
     assert set(dec) < set(ed) < set(al)
     assert any(n.endswith('mlp.layers.0') and n.startswith('image_encoder') for n in al)
     assert any('output_hypernetworks_mlps' in n for n in al) and not any('memory' in n or 'obj_ptr' in n for n in al)
+    seg = _seg(); tuner = S.apply_lora(seg, 'decoder', rank=4)             # the module-level function on a segmenter
+    assert seg.lora['rank'] == 4 and tuner.model is seg.model and seg.finetune == 'lora'
     counts = []
     for r in (4, 8, 16):
         s = S.build_sam2('lora', weights='random', image_size=R, lora_rank=r)
@@ -456,6 +458,11 @@ def test_forward_train_outputs(img):
     torch.testing.assert_close(seg.forward_train(ims, ps, module=wrapped)[1], full[1])
     probs = seg.predict(img, boxes=ps[0]['boxes'])
     np.testing.assert_allclose(torch.sigmoid(full[0]).amax(0).detach().numpy(), probs, atol=1e-4)
+    comb = seg.forward_train(ims, ps, combine=True)
+    assert [t.shape for t in comb] == [(96, 300), (50, 70)]
+    torch.testing.assert_close(comb[0], full[0].amax(0))
+    with pytest.raises(ConfigError, match='unknown prompt keywords'): seg.forward_train([img], [dict(box=[[0, 0, 5, 5]])])
+    with pytest.raises(ConfigError, match='combine'): seg.forward_train([img], ps[:1], combine=True, low_res=True)
 
 
 def test_registry_and_info():
