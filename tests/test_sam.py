@@ -107,6 +107,20 @@ def test_path_weights_strict(tmp_path, base):
         S.SamSegmenter('tiny', weights=tmp_path / 'none.pt', image_size=R)
 
 
+def test_same_model_as_sam2s_own_builder():
+    "load_sam2 reads the config without hydra's global state; it builds what sam2.build_sam.build_sam2 builds."
+    from sam2.build_sam import build_sam2 as sam2_build
+    torch.manual_seed(0)
+    ref = sam2_build('configs/sam2.1/sam2.1_hiera_t.yaml', None, device='cpu', hydra_overrides_extra=[f'++model.image_size={R}'])
+    ours = S.load_sam2('tiny', image_size=R, seed=0)
+    a, b = ref.state_dict(), ours.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    d0, d1 = ref.sam_mask_decoder, ours.sam_mask_decoder
+    assert (d0.dynamic_multimask_via_stability, d0.dynamic_multimask_stability_delta, d0.dynamic_multimask_stability_thresh) == \
+           (d1.dynamic_multimask_via_stability, d1.dynamic_multimask_stability_delta, d1.dynamic_multimask_stability_thresh)
+    assert ours.training is False and ref.image_size == ours.image_size == R
+
+
 def test_image_size_is_really_used(base):
     assert base.model.image_size == R and base.model.sam_prompt_encoder.image_embedding_size == (R // 16, R // 16)
     f = base._features([np.zeros((40, 50, 3), np.uint8)])[0]
