@@ -82,3 +82,35 @@ def test_partial_run_is_run_again(tmp_path):
     assert run_status(tmp_path, eid) == 'partial'
     rep = run_grid(grid, tmp_path, notebook=False, log=None)
     assert list(rep.table.outcome) == ['ran'] and run_status(tmp_path, eid) == 'done'
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    "A run killed (SIGKILL) during training is 'partial'; the grid runs it again and training resumes from `last`."
+    import subprocess, sys
+    import defect_sam.train as tr
+    from defect_sam.experiment import ExperimentConfig, checkpoint_dir
+    cfg = dict(TINY, model='sam2_lora', steps=10, batch_size=2, lora_rank=4, results_dir=str(tmp_path),
+               train_options={'ckpt_every': 4, 'val_every': 10})
+    script = (
+        "import os, signal\n"
+        "import defect_sam.sam as sam\n"
+        "orig, n = sam.SamSegmenter.after_optimizer_step, [0]\n"
+        "def step(self):\n"
+        "    orig(self); n[0] += 1\n"
+        "    if n[0] == 6: os.kill(os.getpid(), signal.SIGKILL)   # killed after step 6; last.torch holds step 4\n"
+        "sam.SamSegmenter.after_optimizer_step = step\n"
+        "from defect_sam.experiment import run_experiment\n"
+        f"run_experiment({cfg!r}, progress=False)\n")
+    r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
+    assert r.returncode == -9, r.stderr[-2000:]
+    c = ExperimentConfig(**cfg)
+    last = checkpoint_dir(c)/'last.torch'
+    assert tr.read_checkpoint(last)['step'] == 4 and run_status(tmp_path, c.exp_id) == 'partial'
+    reads, real = [], tr.read_checkpoint
+    monkeypatch.setattr(tr, 'read_checkpoint', lambda p: reads.append((Path(p).name, real(p)['step'])) or real(p))
+    rep = run_grid({'fixed': cfg}, log=None, notebook=False)
+    assert list(rep.table.status) == ['partial'] and list(rep.table.outcome) == ['ran']
+    assert ('last.torch', 4) in reads                      # resumed from the step-4 state, not from scratch
+    assert real(last)['step'] == 10 and run_status(tmp_path, c.exp_id) == 'done'
+    row = read_results(tmp_path).iloc[0]
+    assert row.steps == 10 and (tmp_path/row.ckpt_path).exists()
