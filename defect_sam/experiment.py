@@ -556,7 +556,8 @@ def _saved_source(cfg:ExperimentConfig, run_dir:Path) -> tuple:
     "(folder holding test/ and val/ predictions, its results row or None) for `skip_inference`."
     if (run_dir/'test'/'predictions'/'index.csv').exists(): return run_dir, _finished_row(cfg.results_dir, cfg.exp_id)
     t = read_results(Path(cfg.results_dir)/'experiments.csv')
-    for _, r in t[t.get('inference_key', pd.Series(dtype=str)) == cfg.inference_key].iloc[::-1].iterrows():
+    same = t[t.inference_key == cfg.inference_key] if 'inference_key' in t and 'run_dir' in t else t.iloc[:0]
+    for _, r in same.iloc[::-1].iterrows():
         d = resolve_path(cfg.results_dir, r['run_dir'])
         if d is not None and (d/'test'/'predictions'/'index.csv').exists(): return d, r.to_dict()
     raise ConfigError(f"skip_inference: no saved predictions of this model run (inference_key {cfg.inference_key}) in "

@@ -202,3 +202,20 @@ def test_separate_test_set(shared_data, tmp_path):
     assert [len(parts[k]) for k in ('train', 'val', 'test')] == [96, 24, 60]
     with pytest.raises(ConfigError, match='no test part'):
         ExperimentConfig(**{**cfg, 'split': [0.8, 0.1, 0.1]})
+
+
+def test_offline_pretrained_weights_stop_with_the_sam2_message(tmp_path, monkeypatch):
+    "weights='auto' without the checkpoint and without network: the SAM2 layer's message, no row, FAILED.json."
+    import urllib.error
+    import defect_sam.sam as sam
+    from defect_sam.sam import WeightsUnavailableError
+    monkeypatch.setenv('DEFECT_SAM_SAM2_DIR', str(tmp_path/'weights'))
+    def offline(url, *a, **k): raise urllib.error.URLError('network is unreachable')
+    monkeypatch.setattr(sam, 'download_file', offline)
+    cfg = {**TINY, 'weights': 'auto', 'results_dir': str(tmp_path)}
+    with pytest.raises(WeightsUnavailableError, match=r"weights='random' runs an untrained model") as e:
+        run_experiment(cfg, progress=False)
+    assert 'downloading' in str(e.value) and any('during model' in n for n in e.value.__notes__)
+    eid = ExperimentConfig(**cfg).exp_id
+    assert json.loads((tmp_path/eid/'FAILED.json').read_text())['error'] == 'WeightsUnavailableError'
+    assert not (tmp_path/'experiments.csv').exists()
