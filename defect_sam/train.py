@@ -419,8 +419,9 @@ def train(model:TrainableSegmenter, # the model to train (updated in place: best
             raise ConfigError(f"launched as {launched} processes (WORLD_SIZE) but Accelerate runs {acc.num_processes}; "
                               "check the launcher's settings (accelerate config / torchrun)")
         run = _Run(acc, model, train_ds, val_ds, cfg, Path(out_dir), trackers, mp)
-        run.start(resume)
-        try: run.loop()
+        try:
+            run.start(resume)
+            run.loop()
         finally: run.close()
         return run.result()
     finally:

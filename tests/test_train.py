@@ -95,8 +95,8 @@ def test_nonfinite_skip_policy(data, tmp_path):
 def test_validation_leaves_training_untouched(data, tmp_path):
     "Validating (which reseeds for its own reproducibility) does not change the training trajectory (dropout, data)."
     tr, va = data
-    a = train(TinySeg(), tr, va, cfg(val_every=2), tmp_path/'a')
-    b = train(TinySeg(), tr, None, cfg(val_every=None), tmp_path/'b')
+    a = train(TinySeg(), tr, va, cfg(steps=6, val_every=2), tmp_path/'a')
+    b = train(TinySeg(), tr, None, cfg(steps=6, val_every=None), tmp_path/'b')
     wa, wb = _weights(a.last_checkpoint), _weights(b.last_checkpoint)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     ta, tb = a.history[a.history.kind == 'train'], b.history[b.history.kind == 'train']
@@ -115,7 +115,7 @@ def test_dataloader_workers_do_not_change_the_run(data, tmp_path):
 def test_lora_checkpoints_hold_only_the_adapter(data, tmp_path):
     tr, va = data
     sam = build_model('sam2_lora', weights='random', image_size=64, lora_rank=4)
-    r = train(sam, tr, va, cfg(steps=4, batch_size=2, lr=1e-3, val_every=2, ckpt_every=2, augment=None), tmp_path)
+    r = train(sam, tr, va, cfg(steps=2, batch_size=2, lr=1e-3, val_every=2, ckpt_every=1, augment=None), tmp_path)
     n = 2 * len(sam.adapted_modules())
     for p in [r.last_checkpoint, *tmp_path.glob('best_*.torch')]:
         sd = read_checkpoint(p)['model']
@@ -195,3 +195,18 @@ def test_losses_ignore_invalid_pixels_and_stay_in_range(y, v, seed):
     assert (0 <= d).all() and (d <= 1).all() and (focal_loss(lg, y, v) >= 0).all()
     s = segmentation_losses(TrainOutput(lg[None], y[None], v[None]), skeleton_weight=1.0)
     assert torch.isfinite(s['loss']) and s['loss'] >= 0
+
+
+def test_sam_training_reads_exact_float32_embeddings_despite_a_disk_cache(tmp_path):
+    "A float16 disk tier serves inference; training reads the exact float32 memory tier (a resumed run must match)."
+    from defect_sam.sam import SamSegmenter
+    img = np.random.default_rng(0).integers(0, 255, (40, 90, 3), dtype=np.uint8)
+    box = [dict(boxes=np.array([[5, 5, 60, 30]]))]
+    SamSegmenter('tiny', weights='random', image_size=64, disk_cache=tmp_path).predict(img, **box[0])   # fills the disk
+    disk = SamSegmenter('tiny', weights='random', image_size=64, disk_cache=tmp_path)
+    plain = SamSegmenter('tiny', weights='random', image_size=64)
+    with torch.no_grad():
+        a = [disk.forward_train([img], box)[0] for _ in range(2)]            # computed, then from the memory twin
+        b = plain.forward_train([img], box)[0]
+    assert disk.cache_info()['disk_hits'] == 0 and disk.encoder_images == 1
+    assert torch.equal(a[0], b) and torch.equal(a[1], b)
