@@ -9,7 +9,11 @@ with random weights (timing does not depend on the weight values), LoRA `decoder
 Both runs are the same training (seeds, prompts, data order); the script checks they end with identical adapters,
 then prints both wall times, the encoder work and the ratio.
 
-    python benchmarks/bench_train_cache.py [--n 8] [--epochs 10] [--batch-size 2] [--image-size 512] [--size tiny]
+    python benchmarks/bench_train_cache.py [--n 8] [--epochs 10] [--batch-size 2] [--image-size 256] [--size tiny]
+
+Measured (2 shared CPU cores, load average about 6 from other jobs; SAM2.1 tiny, image_size 256, 8 strips 512x128,
+10 epochs, batch 2 = 40 steps): with cache 164.7 s (8 encoder images), without 282.6 s (80 encoder images), 1.72x,
+identical final adapters. The gain grows with the encoder's share of a step (larger image_size, larger SAM2 sizes).
 """
 import argparse
 import os
@@ -38,7 +42,7 @@ def main():
     ap.add_argument('--n', type=int, default=8, help='training images')
     ap.add_argument('--epochs', type=int, default=10)
     ap.add_argument('--batch-size', type=int, default=2)
-    ap.add_argument('--image-size', type=int, default=512, help='SAM2 input side (1024 as trained)')
+    ap.add_argument('--image-size', type=int, default=256, help='SAM2 input side (1024 as trained)')
     ap.add_argument('--height', type=int, default=128, help='strip height (width = 4 x height)')
     ap.add_argument('--size', default='tiny')
     ap.add_argument('--device', default='cpu')
