@@ -1,0 +1,180 @@
+"""YOLO baselines: offline training and prediction, the mask -> labels -> ultralytics -> prediction -> mask round trip."""
+import socket
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from defect_sam.core import ConfigError, DataError, DefectDataset, Sample
+from defect_sam.data import load_dataset, split_dataset
+from defect_sam.evaluate import evaluate
+from defect_sam.transforms import export_yolo
+from defect_sam.yolo import YoloSegmenter, boxes_to_prob, build_yolo, masks_to_prob, yolo_weights
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('DEFECT_SAM_CACHE', str(tmp_path/'cache'))
+    return tmp_path
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt fails and is recorded (as on an offline machine); the offline env vars are unset so nothing
+    relies on them. ultralytics is imported first: its import-time DNS probe (`is_online`, skipped with YOLO_OFFLINE=1)
+    is ultralytics' own and not what is tested here."""
+    import ultralytics.utils  # noqa: F401
+    calls = []
+    def refuse(*a, **k):
+        calls.append(a[:2]); raise OSError('network blocked by test')
+    monkeypatch.setattr(socket.socket, 'connect', refuse)
+    monkeypatch.setattr(socket.socket, 'connect_ex', refuse)
+    monkeypatch.setattr(socket, 'create_connection', refuse)
+    monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+    for k in ('YOLO_OFFLINE', 'HF_HUB_OFFLINE'): monkeypatch.delenv(k, raising=False)
+    return calls
+
+
+def _synthetic(n=12, binary=True, seed=0):
+    ds = load_dataset('synthetic', n_images=n, seed=seed, height=64, width=256, binary=binary)
+    return split_dataset(ds, (0.5, 0.25, 0.25), seed=seed)
+
+
+def test_train_predict_offline(cache, no_network, monkeypatch):
+    "A 4-class detector trains (steps -> 1 epoch) and predicts with every connection refused; nothing lands in the cwd."
+    monkeypatch.chdir(cache)
+    sp = _synthetic(12, binary=False)
+    m = build_yolo('detect', imgsz=64, num_classes=4, conf=0.0)
+    r = m.train(sp['train'], sp['val'], steps=1, lr=1e-3, batch=4, out_dir=cache/'run', seed=0)
+    assert r.epochs == 1 and Path(r.weights).is_file() and set(r.metrics) == {'val'}
+    assert all(0 <= v <= 1 for v in r.metrics['val'].values())
+    s = sp['test'][0]
+    p = m.predict(s.image)
+    assert p.shape == (4,) + s.shape and p.dtype == np.float32 and 0 <= p.min() <= p.max() <= 1
+    assert sorted(x.name for x in cache.iterdir()) == ['cache', 'run']          # no runs/, no weights, no fonts in the cwd
+    assert no_network == []                                                   # nothing even tried to connect
+    info = m.info()
+    assert info['trained'] == r.weights and info['det_metrics'] == r.metrics and info['pretrained'] is False
+
+
+def test_auto_weights_fall_back_offline(cache, no_network, monkeypatch):
+    monkeypatch.chdir(cache)
+    with pytest.warns(UserWarning, match='network is unavailable'):
+        src, pretrained, note = yolo_weights('segment', 'n', 'auto', timeout=0.5)
+    assert (src, pretrained) == ('yolov8n-seg.yaml', False) and 'random init' in note
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        m = build_yolo('segment', weights='auto', imgsz=64)
+    assert m.info()['pretrained'] is False and m.info()['weights_note'] == note and m.info()['weights'] == 'auto'
+
+
+def test_auto_weights_use_a_cached_checkpoint(cache, no_network, monkeypatch):
+    "'auto' finds a COCO checkpoint already in cache_dir('yolo') without the network; it is not usable before training."
+    monkeypatch.chdir(cache)
+    coco = YoloSegmenter('detect', imgsz=64, num_classes=80)
+    coco.save_weights(cache/'cache'/'yolo'/'yolov8n.pt')
+    m = build_yolo('detect', weights='auto', imgsz=64)
+    assert m.pretrained and m.source.endswith('yolov8n.pt')
+    with pytest.raises(ConfigError, match='predicts 80 classes'):
+        m.predict(np.zeros((64, 64, 3), np.uint8))
+
+
+def _results(image, boxes, conf, cls, masks=None):
+    from ultralytics.engine.results import Results
+    data = torch.tensor(np.c_[np.asarray(boxes, np.float32).reshape(-1, 4), conf, cls], dtype=torch.float32)
+    return Results(np.ascontiguousarray(image[..., ::-1]), path='x.png', names={0: 'defect'}, boxes=data,
+                   masks=None if masks is None else torch.as_tensor(masks, dtype=torch.float32))
+
+
+def _labels_from_export(data_yaml, split, task):
+    "Labels as ultralytics' own dataset reader parses the exported files: im_file -> (cls, boxes xyxy px, polygons px)."
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+    data = check_det_dataset(str(data_yaml))
+    d = YOLODataset(img_path=data[split], data=data, task=task, imgsz=64, augment=False)
+    out = {}
+    for l in d.labels:
+        H, W = l['shape']
+        xywh = l['bboxes'].reshape(-1, 4) * [W, H, W, H]
+        xyxy = np.c_[xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2]
+        polys = [s * [W, H] for s in l['segments']]
+        out[Path(l['im_file']).stem] = (l['cls'].ravel().astype(int), xyxy, polys)
+    return out
+
+
+@pytest.mark.parametrize('task', ['detect', 'segment'])
+def test_round_trip_mask_labels_prediction_mask(cache, task):
+    """mask -> export_yolo labels -> ultralytics' reader -> ultralytics Results (as if predicted) -> probability map
+    -> evaluate: the ground truth comes back (exactly for boxes of rectangular blobs, closely for polygons)."""
+    from ultralytics.data.utils import polygon2mask
+    sp = _synthetic(16)
+    yaml_path = export_yolo(sp, cache/'yolo', task=task)
+    labels = _labels_from_export(yaml_path, 'train', task)
+    test = sp['train']
+    m = YoloSegmenter(task, imgsz=64, conf=0.0)
+    fake = {}
+    for s in test:
+        cls, xyxy, polys = labels[Path(s.id).stem]
+        H, W = s.shape
+        n, lab, stats, _ = cv2.connectedComponentsWithStats((s.mask > 0).astype(np.uint8), connectivity=8)
+        assert len(cls) == n - 1                                           # one label per connected component
+        if task == 'detect':
+            want = np.zeros(s.shape, bool)
+            for x, y, w, h, a in stats[1:]: want[y:y + h, x:x + w] = True
+            assert (boxes_to_prob(xyxy, np.ones(len(xyxy)), s.shape) > 0.5).tolist() == want.tolist()
+            fake[s.id] = _results(s.image, xyxy, np.full(len(cls), 0.9), cls)
+        else:
+            masks = np.stack([polygon2mask((H, W), [np.round(p).astype(np.int32).ravel()]) for p in polys]) if polys else np.zeros((0, H, W))
+            fake[s.id] = _results(s.image, xyxy, np.full(len(cls), 0.9), cls, masks)
+    order = iter(test.ids)
+    m.yolo.predict = lambda imgs, **kw: [fake[next(order)] for _ in imgs]
+    res = evaluate(m, test, progress=False)
+    t = res.table.set_index('id')
+    defect = t[t.gt_defect]
+    assert len(defect) >= 3 and not t[~t.gt_defect].pred_defect.any()
+    if task == 'detect':   # boxes of the components: IoU is the mask's share of its bounding boxes
+        for s in test:
+            if s.has_defect:
+                n, lab, stats, _ = cv2.connectedComponentsWithStats((s.mask > 0).astype(np.uint8), connectivity=8)
+                box = np.zeros(s.shape, bool)
+                for x, y, w, h, a in stats[1:]: box[y:y + h, x:x + w] = True
+                assert t.loc[s.id, 'iou'] == pytest.approx((s.mask > 0).sum() / box.sum(), abs=1e-6)
+    else: assert defect.iou.min() > 0.9
+
+
+def test_result_maps_match_conversion():
+    "The ultralytics Result -> map path applies confidence, class and the max rule."
+    img = np.zeros((8, 12, 3), np.uint8)
+    m = YoloSegmenter('segment', imgsz=64, num_classes=2)
+    mk = np.zeros((2, 8, 12)); mk[0, :4, :4] = 1; mk[1, 2:6, 2:6] = 1
+    r = _results(img, [[0, 0, 4, 4], [2, 2, 6, 6]], [0.3, 0.8], [1, 0], mk)
+    p = m._to_prob(r)
+    assert p.shape == (2, 8, 12)
+    np.testing.assert_allclose(p[1, :4, :4], 0.3); np.testing.assert_allclose(p[0, 2:6, 2:6], 0.8)
+    np.testing.assert_array_equal(p, masks_to_prob(mk, [0.3, 0.8], [1, 0], 2))
+    d = YoloSegmenter('detect', imgsz=64)
+    np.testing.assert_array_equal(d._to_prob(_results(img, [[1, 1, 3, 5]], [0.6], [0])),
+                                  boxes_to_prob([[1, 1, 3, 5]], [0.6], (8, 12)))
+    assert d._to_prob(_results(img, np.zeros((0, 4)), [], [])).sum() == 0
+
+
+def test_bad_inputs(cache):
+    with pytest.raises(ConfigError, match='task'): build_yolo('classify')
+    with pytest.raises(ConfigError, match='conf'): build_yolo('detect', conf=1.5)
+    with pytest.raises(ConfigError, match='num_classes'): build_yolo('detect', num_classes=0)
+    m = build_yolo('detect', imgsz=64)
+    sp = _synthetic(8, binary=False)
+    with pytest.raises(ConfigError, match='unknown ultralytics training arguments'):
+        m.train(sp['train'], sp['val'], epochs=1, out_dir=cache/'r', mosiac=0)
+    with pytest.raises(ConfigError, match='pass them by name'):
+        m.train(sp['train'], sp['val'], epochs=1, out_dir=cache/'r', lr0=0.1)
+    with pytest.raises(ConfigError, match="'auto'"):
+        m.train(sp['train'], sp['val'], epochs=1, out_dir=cache/'r', optimizer='auto')
+    with pytest.raises(ConfigError, match='defect classes'):
+        build_yolo('detect', num_classes=2).train(sp['train'], sp['val'], epochs=1, out_dir=cache/'r')
+    with pytest.raises(DataError, match='not found'): m.load_weights(cache/'missing.pt')
+    with pytest.raises(DataError, match='HxWx3'): m.predict(np.zeros((4, 4), np.uint8))
+    assert m.predict_batch([]) == []
