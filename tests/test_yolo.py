@@ -178,3 +178,73 @@ def test_bad_inputs(cache):
     with pytest.raises(DataError, match='not found'): m.load_weights(cache/'missing.pt')
     with pytest.raises(DataError, match='HxWx3'): m.predict(np.zeros((4, 4), np.uint8))
     assert m.predict_batch([]) == []
+
+
+class _RecordingSam:
+    "A prompted stand-in for SAM2 that fills each box with its class's channel and records its calls."
+    needs_prompts = True
+    def __init__(self): self.calls = []
+    def predict(self, image, **prompts): return self.predict_batch([image], [prompts])[0]
+    def predict_batch(self, images, prompts):
+        self.calls.append(len(images))
+        out = []
+        for im, p in zip(images, prompts):
+            C = p.get('num_classes') or 1
+            cls = p.get('classes', np.ones(len(p['boxes']), int)) - 1
+            out.append(boxes_to_prob(np.asarray(p['boxes']) + [0, 0, 1, 1], np.ones(len(cls)), im.shape[:2], cls, C))
+        return out
+    def info(self): return {'model': 'recording_sam', 'pretrained': False}
+
+
+def _fixed_detector(task, boxes_per_image, num_classes=1):
+    "A YoloSegmenter whose ultralytics predictor returns the given (xyxy, conf, cls) per image, in call order."
+    m = YoloSegmenter(task, imgsz=64, num_classes=num_classes)
+    it = iter(boxes_per_image)
+    def predict(imgs, **kw):
+        out = []
+        for im in imgs:
+            b, c, k = next(it)
+            r = _results(im[..., ::-1], b, c, k)
+            keep = r.boxes.conf >= kw['conf']
+            out.append(r[keep.cpu().numpy()] if len(r.boxes) else r)
+        return out
+    m.yolo.predict = predict
+    return m
+
+
+def test_pipeline_prompts_threshold_classes_and_empty_images():
+    from defect_sam.yolo import YoloSam2
+    img = np.zeros((20, 30, 3), np.uint8)
+    dets = [(np.array([[2, 3, 8, 9], [10, 0, 20, 5]], np.float32), [0.9, 0.1], [2, 0]),    # one box passes conf
+            (np.zeros((0, 4), np.float32), [], []),                                        # nothing detected
+            (np.array([[0, 0, 30, 20]], np.float32), [0.2], [1])]                          # below conf: no prompt
+    sam = _RecordingSam()
+    pipe = YoloSam2(_fixed_detector('detect', dets, num_classes=3), sam, conf=0.25)
+    out = pipe.predict_batch([img, img, img])
+    assert sam.calls == [1]                                   # SAM2 only sees the image that has a box
+    assert [o.shape for o in out] == [(3, 20, 30)] * 3 and out[1].sum() == 0 and out[2].sum() == 0
+    assert out[0][2, 3:9, 2:8].min() == 1 and out[0][2].sum() == 36 and out[0][:2].sum() == 0   # class 3, inclusive box
+    pr = YoloSam2(_fixed_detector('detect', dets[:1], num_classes=3), sam, conf=0.25).prompts(img)
+    assert pr.source == 'yolo_det' and pr.classes.tolist() == [3] and pr.boxes.tolist() == [[2, 3, 7, 8]]
+    info = pipe.info()
+    assert info['prompt_source'] == 'yolo_det' and info['detector']['task'] == 'detect' and info['sam']['model'] == 'recording_sam'
+    with pytest.raises(ConfigError, match='makes its own prompts'): pipe.predict(img, boxes=np.zeros((1, 4)))
+
+
+def test_pipeline_through_evaluate_both_ways(cache):
+    "As a Segmenter and as a prompt source the pipeline scores the same; the source is recorded either way."
+    from defect_sam.yolo import YoloSam2
+    sp = _synthetic(12)
+    test = sp['test']
+    dets = []
+    for s in test:   # the detector 'finds' each component's box (conf 0.8) plus a low-confidence false box
+        n, lab, stats, _ = cv2.connectedComponentsWithStats((s.mask > 0).astype(np.uint8), connectivity=8)
+        b = [[x, y, x + w, y + h] for x, y, w, h, a in stats[1:]] + [[0, 0, 5, 5]]
+        dets.append((np.array(b, np.float32), [0.8] * (n - 1) + [0.1], [0] * n))
+    r1 = evaluate(YoloSam2(_fixed_detector('detect', dets), _RecordingSam()), test, progress=False)
+    p2 = YoloSam2(_fixed_detector('detect', dets), _RecordingSam())
+    r2 = evaluate(p2.sam, test, prompt_source=p2.prompts, progress=False)
+    for k, v in r1.summary.items(): assert v == pytest.approx(r2.summary[k], nan_ok=True), k
+    assert r1.extras['model']['prompt_source'] == 'yolo_det' and r2.extras['prompt_source'] == 'yolo_det'
+    t = r2.table.set_index('id')
+    assert (t.prompt_empty == ~t.gt_defect).all() and (t.iou[t.gt_defect] > 0.3).all()
