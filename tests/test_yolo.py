@@ -248,3 +248,18 @@ def test_pipeline_through_evaluate_both_ways(cache):
     assert r1.extras['model']['prompt_source'] == 'yolo_det' and r2.extras['prompt_source'] == 'yolo_det'
     t = r2.table.set_index('id')
     assert (t.prompt_empty == ~t.gt_defect).all() and (t.iou[t.gt_defect] > 0.3).all()
+
+
+def test_pipeline_with_real_sam2_offline(cache, no_network):
+    "The registry's yolo_sam2 with a randomly initialised SAM2 runs end to end through evaluate, offline."
+    from defect_sam.models import build_model
+    sp = _synthetic(8)
+    test = sp['test']
+    dets = [(np.array([[0, 0, 40, 30]], np.float32), [0.9], [0]) if k % 2 == 0 else (np.zeros((0, 4), np.float32), [], [])
+            for k in range(len(test))]
+    m = build_model('yolo_sam2', detector=_fixed_detector('detect', dets), weights='random', image_size=256)
+    r = evaluate(m, test, progress=False)
+    t = r.table
+    assert len(t) == len(test) and not t.pred_defect.iloc[1::2].any()          # no box: empty prediction
+    assert r.extras['model']['prompt_source'] == 'yolo_det' and r.extras['model']['sam']['weights'] == 'random'
+    assert no_network == []
