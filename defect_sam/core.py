@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['DefectSamError', 'DataError', 'ConfigError', 'atomic_write', 'write_text_atomic', 'write_json_atomic',
-           'torch_save_atomic', 'seed_everything', 'cache_dir', 'package_version', 'git_commit', 'params_hash',
-           'Sample', 'DefectDataset']
+           'torch_save_atomic', 'seed_everything', 'rng_state', 'set_rng_state', 'preserve_rng', 'cache_dir',
+           'package_version', 'git_commit', 'params_hash', 'Sample', 'DefectDataset']
 
 # %% ../nbs/00_core.ipynb #80effe5b
 class DefectSamError(Exception):
@@ -91,6 +91,33 @@ def seed_everything(seed:int=42, # seed for python, numpy and torch
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+# %% ../nbs/00_core.ipynb #4b040026
+def rng_state() -> dict:
+    "The global random states: python, numpy, torch (CPU) and CUDA (all devices, when available)."
+    import torch
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    st = {'python': random.getstate(), 'numpy': (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+          'torch': torch.get_rng_state()}
+    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
+    return st
+
+def set_rng_state(state:dict): # what `rng_state` returned
+    "Restore the global random states captured by `rng_state`."
+    import torch
+    v, internal, g = state['python']
+    random.setstate((v, tuple(internal), g))
+    name, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state['torch'])
+    if state.get('cuda') is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
+
+@contextlib.contextmanager
+def preserve_rng():
+    "Run a block, then put the global random states back as they were before it."
+    st = rng_state()
+    try: yield
+    finally: set_rng_state(st)
 
 # %% ../nbs/00_core.ipynb #cb2a6368
 def cache_dir(sub:str='') -> Path:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, DataError, Sample, atomic_write, seed_everything, write_json_atomic,
+from .core import (ConfigError, DataError, Sample, atomic_write, preserve_rng, seed_everything, write_json_atomic,
                              write_text_atomic)
 from .metrics import (EMPTY_CONVENTION, CalibrationResult, MemoryMonitor, MetricAccumulator,
                                 ThresholdCalibrator, Timer, check_probs, defect_probability)
@@ -250,6 +250,7 @@ def _summary_figures(res:EvalResult, save_dir):
     plot_metric_distributions(res.table, fig/'metric_distributions.png', title=res.extras.get('model', {}).get('model'))
     if 'pr_curve' in res.extras: plot_pr_curve(res.extras['pr_curve'], fig/'pr_curve.png', ap=res.summary['AUPRC'])
 
+@preserve_rng()
 def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are built)
              dataset, # a DefectDataset (images, masks, class names)
              prompt:str|None=None, # prompt kind for prompted models: one of PROMPT_KINDS
@@ -257,7 +258,7 @@ def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are bui
              threshold:float=0.5, # probability threshold (e.g. from `calibrate` on val)
              postprocess:None|str|dict|PostProcess=None, # post-processing spec (see PostProcess)
              class_aware:bool=False, # evaluate per defect class (else defect vs background)
-             seed:int=42, # run seed: global RNGs and each image's prompts
+             seed:int=42, # run seed: global RNGs (restored on return) and each image's prompts
              save_dir:str|Path|None=None, # write predictions, figures and results here
              n_figures:int=4, # 4-panel figures to save (with save_dir)
              progress:bool=True, # show a progress bar
@@ -384,6 +385,7 @@ def evaluate_saved(save_dir:str|Path, # folder given to `evaluate(save_dir=...)`
     return EvalResult(t, res.summary, ex)
 
 # %% ../nbs/14_evaluate.ipynb #805e4734
+@preserve_rng()
 def calibrate(model, # a Segmenter
               dataset, # validation dataset
               metric:str='mIoU', # summary key to maximise (metrics.CALIBRATION_METRICS)

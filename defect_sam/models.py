@@ -15,7 +15,8 @@ import pandas as pd
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['MODELS', 'Segmenter', 'ModelSpec', 'model_names', 'list_models', 'get_builder', 'build_model']
+__all__ = ['MODELS', 'Segmenter', 'TrainOutput', 'TrainableSegmenter', 'load_state_dict_strict', 'ModelSpec', 'model_names',
+           'list_models', 'get_builder', 'build_model']
 
 # %% ../nbs/30_models.ipynb #3a11eaf6
 class Segmenter:
@@ -36,6 +37,55 @@ class Segmenter:
     def info(self) -> dict:
         "What the results row records about this model (name, weights, sizes, ...)."
         return {'model': self.name}
+
+# %% ../nbs/30_models.ipynb #ff61be2d
+@dataclass
+class TrainOutput:
+    "What `TrainableSegmenter.forward_batch` gives the training loop: logits and their targets."
+    logits: list|object # per-image CxHxW tensors, or one BxCxHxW tensor: raw scores before the sigmoid
+    targets: list|object # same shapes as `logits`, float 0/1
+    valid: list|object|None = None # same shapes, 1 = pixel counts, 0 = ignore (letterbox padding); None: all count
+    aux: list|None = None # deep supervision: `(weight, logits)` pairs; targets/valid are resized to them (nearest)
+
+class TrainableSegmenter(Segmenter):
+    "A `Segmenter` the shared training loop can train (the trainable-model protocol)."
+    trainable = True
+    default_weight_decay: float # AdamW weight decay when the training config gives none: 0.05 LoRA, 1e-4 U-Nets
+
+    @property
+    def module(self):
+        "The `torch.nn.Module` holding every trainable parameter (the loop passes it to `accelerator.prepare`)."
+        raise NotImplementedError
+
+    def forward_batch(self, samples:list, # augmented `Sample`s of one batch
+                      rng:np.random.Generator, # the loop's generator: the only randomness allowed (prompt simulation)
+                      module) -> TrainOutput: # the wrapped `self.module` to run the inputs through
+        "Build inputs from `samples`, run them through `module`, return logits and targets."
+        raise NotImplementedError
+
+    def trainable_state_dict(self) -> dict:
+        "What a checkpoint stores (default: `module`'s full state dict)."
+        return dict(self.module.state_dict())
+
+    def load_trainable_state_dict(self, sd:dict):
+        "Load what `trainable_state_dict` gave, strictly (missing/unexpected keys or a shape mismatch raise `ConfigError`)."
+        load_state_dict_strict(self.module, sd, what=f'{self.name} weights')
+
+    def after_optimizer_step(self):
+        "Called after every optimizer step (e.g. to drop caches computed with the old weights)."
+
+def load_state_dict_strict(module, # a torch.nn.Module
+                           sd:dict, # the state dict to load
+                           what:str='state dict'): # named in the error message
+    "Load `sd` into `module`; missing or unexpected keys, or a shape mismatch, raise `ConfigError` naming them."
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    shapes = [f'{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in own
+              if k in sd and tuple(getattr(sd[k], 'shape', ())) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        raise ConfigError(f"{what} do not match the model: {len(missing)} missing {missing[:5]}, "
+                          f"{len(unexpected)} unexpected {unexpected[:5]}, {len(shapes)} of another shape {shapes[:5]}")
+    module.load_state_dict(sd, strict=True)
 
 # %% ../nbs/30_models.ipynb #e585003f
 @dataclass(frozen=True)
