@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from torch import nn
 
 from .core import ConfigError, DataError, Sample, torch_save_atomic
-from .models import Segmenter
+from .models import TrainableSegmenter, TrainOutput, load_state_dict_strict
 from .transforms import letterbox, unletterbox
 from .yolo import network_available
 
@@ -107,10 +107,9 @@ def _eval_mode(module:nn.Module):
     try: yield module
     finally: module.train(was)
 
-class SmpSegmenter(Segmenter):
+class SmpSegmenter(TrainableSegmenter):
     "A segmentation_models_pytorch network (U-Net, UNet++, DSC-UNet, ...) as a trainable segmenter."
     name = 'unet'
-    trainable = True
     default_weight_decay = 1e-4 # AdamW weight decay the training loop uses unless told otherwise
     default_lr = 1e-3 # learning rate the experiments use unless the grid says otherwise (grid: 1e-3, 1e-4)
 
@@ -215,31 +214,45 @@ def predict(self:SmpSegmenter, image:np.ndarray, **prompts) -> np.ndarray:
     return self.predict_batch([image])[0]
 
 # %% ../nbs/31_baselines.ipynb #8796ed2b
+def _targets(mask:np.ndarray, C:int, where:str) -> np.ndarray:
+    "(C, h, w) bool targets of a class-index mask: any defect (C = 1) or one channel per class."
+    if C == 1: return (mask > 0)[None]
+    if mask.size and int(mask.max()) > C: raise DataError(f"{where}: mask holds class {int(mask.max())}, the model has num_classes={C}")
+    return mask[None] == np.arange(1, C + 1, dtype=mask.dtype)[:, None, None]
+
+@patch
+def batch_inputs(self:SmpSegmenter, samples:list) -> tuple:
+    "Normalised images (B, 3, H, W), targets and valid (B, C, H, W), padded to the batch's largest letterboxed shape."
+    if not samples: raise DataError("forward_batch: empty batch")
+    items = [self._letterbox(s.image, s.mask) for s in samples]
+    H, W = max(x.shape[1] for x, _, _ in items), max(x.shape[2] for x, _, _ in items)
+    B, C = len(items), self.num_classes
+    x, t, v = torch.zeros(B, 3, H, W), torch.zeros(B, C, H, W), torch.zeros(B, C, H, W)
+    for k, ((xi, mi, info), s) in enumerate(zip(items, samples)):
+        h, w = info.resized_shape
+        x[k, :, :xi.shape[1], :xi.shape[2]] = xi
+        t[k, :, :h, :w] = torch.from_numpy(_targets(mi[:h, :w], C, s.meta.get('source', s.id)))
+        v[k, :, :h, :w] = 1
+    return x, t, v
+
+@patch
+def forward_batch(self:SmpSegmenter, samples:list, # augmented Samples of one batch
+                  rng:np.random.Generator, # unused: the U-Nets need no randomness of their own
+                  module:nn.Module, # the (accelerate-wrapped) `self.module`
+                 ) -> TrainOutput:
+    "Letterbox and stack the batch, run it through `module`: logits, targets, valid pixels (and DSC's aux logits)."
+    x, t, v = self.batch_inputs(samples)
+    dev = next(module.parameters()).device
+    out = module(x.to(dev))
+    main, aux = out if isinstance(out, tuple) else (out, None)
+    aux = [(w, a) for w, a in zip(self.aux_weights, aux)] if aux is not None else None
+    return TrainOutput(logits=main, targets=t.to(dev), valid=v.to(dev), aux=aux)
+
+# %% ../nbs/31_baselines.ipynb #a301d7cc
 @patch
 def _config(self:SmpSegmenter) -> dict:
     return {'arch': self.arch, 'encoder': self.encoder, 'num_classes': self.num_classes, 'aux_weights': self.aux_weights,
             'smp_kwargs': self.smp_kwargs}
-
-@patch
-def trainable_state_dict(self:SmpSegmenter) -> dict:
-    "Every weight of the network (a U-Net is trained in full)."
-    return self.net.state_dict()
-
-@patch
-def load_trainable_state_dict(self:SmpSegmenter, sd:dict, where:str='state dict'):
-    "Load weights strictly: missing or unexpected keys, or a shape mismatch, raise DataError."
-    if not isinstance(sd, dict): raise DataError(f"{where}: expected a dict of tensors, got {type(sd).__name__}")
-    mine = self.net.state_dict()
-    missing, unexpected = sorted(set(mine) - set(sd)), sorted(set(sd) - set(mine))
-    shapes = [k for k in mine if k in sd and tuple(mine[k].shape) != tuple(sd[k].shape)]
-    if missing or unexpected or shapes:
-        raise DataError(f"{where} does not fit {self!r}: {len(missing)} missing keys {missing[:3]}, "
-                        f"{len(unexpected)} unexpected {unexpected[:3]}, shape mismatches {shapes[:3]}")
-    self.net.load_state_dict(sd, strict=True)
-
-@patch
-def after_optimizer_step(self:SmpSegmenter):
-    "Nothing to refresh after a step (no caches)."
 
 @patch
 def save_weights(self:SmpSegmenter, path:str|Path) -> Path:
@@ -257,7 +270,7 @@ def load_weights(self:SmpSegmenter, path:str|Path):
     if not isinstance(ck, dict) or ck.get('format') != 'defect_sam.smp': raise DataError(f"{p}: not a defect-sam smp weights file")
     diff = {k: (v, ck['config'].get(k)) for k, v in self._config().items() if ck['config'].get(k) != v}
     if diff: raise DataError(f"{p}: made for another model, (this, file): {diff}")
-    self.load_trainable_state_dict(ck['state_dict'], str(p))
+    load_state_dict_strict(self.module, ck['state_dict'], what=f'{p} weights')
     self.trained = str(p)
     return self
 

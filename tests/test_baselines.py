@@ -138,9 +138,9 @@ def test_checkpoints_are_strict(tmp_path):
     torch.save({'state_dict': {}}, tmp_path/'other.pt')
     with pytest.raises(DataError, match='not a defect-sam'): a.load_weights(tmp_path/'other.pt')
     sd = dict(a.trainable_state_dict()); k = next(iter(sd)); sd[k] = sd[k][:1]
-    with pytest.raises(DataError, match='shape mismatches'): a.load_trainable_state_dict(sd)
+    with pytest.raises(ConfigError, match='1 of another shape'): a.load_trainable_state_dict(sd)
     sd = dict(a.trainable_state_dict()); sd['extra.weight'] = torch.zeros(1)
-    with pytest.raises(DataError, match='1 unexpected'): a.load_trainable_state_dict(sd)
+    with pytest.raises(ConfigError, match='1 unexpected'): a.load_trainable_state_dict(sd)
     c = build_smp('unet', 'resnet18', encoder_weights=None, img_size=(64, 256), trained=f)
     assert c.info()['trained'] == str(f)
 
