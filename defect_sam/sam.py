@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import ConfigError, DataError, DefectSamError, atomic_write, cache_dir
-from .models import Segmenter
+from .models import Segmenter, TrainableSegmenter, TrainOutput
+from .prompts import Prompts, make_prompts
 from .sam_cache import EmbeddingCache, image_key, weights_digest, weights_fingerprint
 from .sam_lora import (LORA_STRATEGIES, SAM2_PARTS, adapted_modules, apply_lora, check_state_keys,
                                  load_lora_state_dict, lora_state_dict, lora_targets, param_counts, read_trainable,
@@ -33,9 +35,9 @@ from .sam_correction import correction_curve, correction_study, next_click
 # %% auto #0
 __all__ = ['SAM2_CHECKPOINTS', 'WeightsUnavailableError', 'sam2_weights_dir', 'checkpoint_path', 'download_file',
            'fetch_checkpoint', 'load_sam2', 'load_state_strict', 'preprocess', 'SamImageModule', 'upsample_logits',
-           'SamSegmenter', 'build_sam2', 'EmbeddingCache', 'apply_lora', 'lora_targets', 'adapted_modules',
-           'param_counts', 'LORA_STRATEGIES', 'SAM2_PARTS', 'tile_grid', 'route_prompts', 'lowres_oracle_iou',
-           'correction_curve', 'correction_study']
+           'SamSegmenter', 'simulate_prompts', 'build_sam2', 'EmbeddingCache', 'apply_lora', 'lora_targets',
+           'adapted_modules', 'param_counts', 'LORA_STRATEGIES', 'SAM2_PARTS', 'tile_grid', 'route_prompts',
+           'lowres_oracle_iou', 'correction_curve', 'correction_study']
 
 # %% ../nbs/20_sam.ipynb #b3bd5e3d
 _all_ = ['EmbeddingCache', 'apply_lora', 'lora_targets', 'adapted_modules', 'param_counts', 'LORA_STRATEGIES',
@@ -297,9 +299,10 @@ def upsample_logits(low:torch.Tensor, # (..., h, w) low-res logits
     return F.interpolate(x, tuple(hw), mode='bilinear', align_corners=False).reshape(*shp[:-2], *hw)
 
 # %% ../nbs/20_sam.ipynb #7e0dcead
-class SamSegmenter(Segmenter):
+class SamSegmenter(TrainableSegmenter):
     "SAM2.1 with prompts: batched decoding, an encoder-embedding cache, optional tiling, LoRA/full fine-tuning."
     needs_prompts = True
+    trainable = False # True once fine-tuning is set up (set_trainable / apply_lora)
     name = 'sam2'
 
     def __init__(self,
@@ -340,6 +343,8 @@ class SamSegmenter(Segmenter):
         self.finetune, self.lora, self.lora_merged, self.parts, self.trained = None, None, False, (), None
         self._lora_tuner, self._weights_version, self._digests = None, 0, {}
         self.encoder_images = self.encoder_batches = 0
+        self._train_store = None
+        self.set_train_prompts()
 
     @property
     def device(self) -> torch.device: return next(self.model.parameters()).device
@@ -347,6 +352,26 @@ class SamSegmenter(Segmenter):
     def module(self) -> SamImageModule:
         "The `nn.Module` to optimise (and to wrap with accelerate/DDP); its parameters are the SAM2 model's."
         return self._module
+
+    def set_train_prompts(self,
+                          kind:str='box', # box | points_1 | points_3 | points_5
+                          jitter:float=0.0, # box jitter (see `boxes_from_mask`)
+                          expand_ratio:float=0.0, # box expansion (see `boxes_from_mask`)
+                          n_neg:int=0, # negative points per object (points_k)
+                          min_area:int=10, # components with fewer pixels get no prompt (and are ignored by the loss)
+                          class_aware:bool=False, # prompts per class, C x H x W logits (needs num_classes)
+                          num_classes:int|None=None): # number of defect classes (class_aware)
+        "How `forward_batch` simulates training prompts from each image's ground truth (the training loop sets it)."
+        kinds = ('box', 'points_1', 'points_3', 'points_5')
+        if kind not in kinds: raise ConfigError(f"training prompt kind must be one of {', '.join(kinds)}, got {kind!r}")
+        if jitter < 0 or expand_ratio < 0: raise ConfigError(f"jitter and expand_ratio must be >= 0, got {jitter}, {expand_ratio}")
+        if not (isinstance(n_neg, (int, np.integer)) and n_neg >= 0): raise ConfigError(f"n_neg must be an int >= 0, got {n_neg!r}")
+        if not (isinstance(min_area, (int, np.integer)) and min_area >= 1): raise ConfigError(f"min_area must be an int >= 1, got {min_area!r}")
+        if class_aware and not (isinstance(num_classes, (int, np.integer)) and num_classes >= 1):
+            raise ConfigError(f"class-aware training prompts need num_classes >= 1, got {num_classes!r}")
+        self.train_prompts = dict(kind=kind, jitter=float(jitter), expand_ratio=float(expand_ratio), n_neg=int(n_neg),
+                                  min_area=int(min_area), class_aware=bool(class_aware),
+                                  num_classes=int(num_classes) if class_aware else None)
 
     def __repr__(self):
         ft = {None: 'zero-shot', 'full': f'full fine-tuning {list(self.parts)}', 'lora': f'LoRA {self.lora}'}[self.finetune]
@@ -367,26 +392,37 @@ def _fingerprint(self:SamSegmenter, stage:str) -> str:
         self._digests[stage] = (fast, weights_digest(named, extra=f'sam2.1|{self.size}|{self.image_size}|{stage}|{lora}'))
     return self._digests[stage][1]
 
+def _train_cache(self:SamSegmenter) -> EmbeddingCache|None:
+    "The store training reads: the memory tier (a memory-only twin of the cache when it has a disk tier); None: no cache."
+    if self.cache is None: return None
+    if self.cache.disk_dir is None: return self.cache
+    if self._train_store is None:
+        self._train_store = EmbeddingCache(self.cache.max_bytes, self.cache.max_items, device=self.cache.device)
+    return self._train_store
+
 @patch
 def _features(self:SamSegmenter, crops:list, # HxWx3 uint8 images or tiles
-              stage:str='post') -> list[dict]:
+              stage:str='post', # 'post' or 'raw' (see `SamImageModule.encode`)
+              train:bool=False) -> list[dict]: # the training path: exact float32 memory tier, one image per encoder call
     "Encoder features (batch of 1, on the model's device) of each crop, from the cache or the encoder."
+    cache = _train_cache(self) if train else self.cache
+    bs = 1 if train else self.encode_batch_size
     fp = _fingerprint(self, stage)
     keys = [f'{stage}{self.image_size}-{fp}-{image_key(c)}' for c in crops]
     out, todo = [None] * len(crops), {}
     for i, k in enumerate(keys):
-        f = self.cache.get(k) if self.cache is not None and k not in todo else None
+        f = cache.get(k) if cache is not None and k not in todo else None
         if f is None: todo.setdefault(k, []).append(i)
         else: out[i] = f
     miss = list(todo)
-    for a in range(0, len(miss), self.encode_batch_size):
-        ks = miss[a:a + self.encode_batch_size]
-        with torch.no_grad(), _eval_mode(self.model.image_encoder):
+    for a in range(0, len(miss), bs):
+        ks = miss[a:a + bs]
+        with torch.no_grad(), _eval_mode(self.model.image_encoder), torch.autocast(self.device.type, enabled=False):
             f = self._module.encode(preprocess([crops[todo[k][0]] for k in ks], self.image_size, self.device), stage)
         self.encoder_images += len(ks); self.encoder_batches += 1
         for j, k in enumerate(ks):
             fj = {n: v[j:j + 1] for n, v in f.items()}
-            if self.cache is not None: self.cache.put(k, fj)
+            if cache is not None: cache.put(k, fj)
             for i in todo[k]: out[i] = fj
     dev = self.device
     return [{n: v.to(dev) for n, v in f.items()} for f in out]
@@ -401,6 +437,7 @@ def cache_info(self:SamSegmenter) -> dict:
 def clear_cache(self:SamSegmenter, disk:bool=False): # also delete the disk tier
     "Empty the embedding cache."
     if self.cache is not None: self.cache.clear(disk)
+    if self._train_store is not None: self._train_store.clear()
 
 # %% ../nbs/20_sam.ipynb #914e1786
 def _to_model(coords:np.ndarray, hw:tuple, R:int) -> np.ndarray:
@@ -540,7 +577,10 @@ def set_trainable(self:SamSegmenter, parts='all') -> list[str]: # 'all' or part 
 def apply_lora(self:SamSegmenter, strategy:str='decoder', rank:int=8, alpha:float=16, dropout:float=0.05):
     "Inject LoRA adapters (peft) and freeze everything else; returns the peft tuner."
     if self.finetune == 'full': raise ConfigError("this model is set up for full fine-tuning; build a fresh model for LoRA")
-    tuner = apply_lora(self.model, strategy, rank, alpha, dropout)
+    dev = self.device
+    with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):   # the adapter's init: seeded, and the
+        torch.manual_seed(self.seed)                                             # caller's random streams untouched
+        tuner = apply_lora(self.model, strategy, rank, alpha, dropout)
     self._lora_tuner, self.lora = tuner, dict(strategy=strategy, rank=rank, alpha=alpha, dropout=dropout)
     self.finetune, self.trainable, self.parts = 'lora', True, ()
     _bump(self)
@@ -580,15 +620,36 @@ def _base_meta(self:SamSegmenter) -> dict:
                 base_sha256=self.checkpoint_sha256, base_seed=self.seed if self.weights == 'random' else None)
 
 @patch
+def trainable_state_dict(self:SamSegmenter) -> dict:
+    "The trained tensors: the LoRA adapter alone (peft keys), or every parameter of the trained parts (full fine-tuning)."
+    if self.finetune == 'lora':
+        if self.lora_merged: raise ConfigError("the LoRA adapter was merged into the weights; save before merge_lora()")
+        return lora_state_dict(self.model)
+    if self.finetune == 'full': return {n: p.detach() for n, p in self.model.named_parameters() if _in_parts(n, self.parts)}
+    raise ConfigError("nothing is trained: set up fine-tuning with set_trainable() or apply_lora() first")
+
+@patch
+def load_trainable_state_dict(self:SamSegmenter, sd:dict, # what `trainable_state_dict` returned
+                              source:str='trainable state'): # named in errors
+    "Load tensors from `trainable_state_dict` strictly (missing, unexpected or mis-shaped tensors raise `DataError`)."
+    if self.finetune == 'lora' and not self.lora_merged: load_lora_state_dict(self.model, sd, source)
+    elif self.finetune == 'full':
+        want = {n: p for n, p in self.model.named_parameters() if _in_parts(n, self.parts)}
+        check_state_keys(sd, want, source)
+        with torch.no_grad():
+            for n, p in want.items(): p.copy_(sd[n].to(p.device, p.dtype))
+    else: raise ConfigError("this model has no trainable state: set up the same fine-tuning (apply_lora / set_trainable) first")
+    _bump(self)
+
+@patch
 def save_trainable(self:SamSegmenter, path:str|Path) -> Path: # .safetensors file to write
     "Write the trained tensors (LoRA adapter, or the trained parts for full fine-tuning) and their description."
     path = Path(path)
     if self.finetune == 'lora':
         if self.lora_merged: raise ConfigError("the LoRA adapter was merged into the weights; save before merge_lora()")
-        write_trainable(path, lora_state_dict(self.model), dict(kind='lora', **self.lora, targets=self.adapted_modules(), **_base_meta(self)))
+        write_trainable(path, self.trainable_state_dict(), dict(kind='lora', **self.lora, targets=self.adapted_modules(), **_base_meta(self)))
     elif self.finetune == 'full':
-        sd = {n: p for n, p in self.model.named_parameters() if _in_parts(n, self.parts)}
-        write_trainable(path, sd, dict(kind='full', parts=list(self.parts), **_base_meta(self)))
+        write_trainable(path, self.trainable_state_dict(), dict(kind='full', parts=list(self.parts), **_base_meta(self)))
     else: raise ConfigError("nothing is trained: set up fine-tuning with set_trainable() or apply_lora() first")
     return path
 
@@ -645,7 +706,7 @@ def forward_train(self:SamSegmenter, images:Sequence[np.ndarray], # HxWx3 uint8 
         d = self.model.sam_mask_decoder
         hr_train = self.model.use_high_res_features_in_sam and any(p.requires_grad for p in [*d.conv_s0.parameters(), *d.conv_s1.parameters()])
         stage = 'raw' if hr_train else 'post'
-        fs = self._features(list(images), stage)
+        fs = self._features(list(images), stage, train=True)
         feats = {k: torch.cat([f[k].clone() if f[k].is_inference() else f[k] for f in fs]) for k in fs[0]}
         outs = module(ps, features=feats, stage=stage, multimask_output=multimask_output)
     else: outs = module(ps, pixels=preprocess(images, R, dev), multimask_output=multimask_output)
@@ -665,6 +726,75 @@ def _combine_logits(lg:torch.Tensor, cls:np.ndarray, nc:int|None, floor:float=-3
         sel = torch.as_tensor(cls == c, device=lg.device)
         out.append(lg[sel].amax(0) if sel.any() else lg.new_full(lg.shape[1:], floor))
     return torch.stack(out)
+
+# %% ../nbs/20_sam.ipynb #e82abfd7
+def _small_components(m:np.ndarray, min_area:int) -> np.ndarray:
+    "Pixels of the 8-connected components of `m` with fewer than `min_area` pixels."
+    if not m.any(): return np.zeros(m.shape, bool)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    small = np.nonzero(stats[1:, cv2.CC_STAT_AREA] < min_area)[0] + 1
+    return np.isin(lab, small) if len(small) else np.zeros(m.shape, bool)
+
+def _random_prompt(shape:tuple, kind:str, n_neg:int, rng:np.random.Generator, num_classes:int|None) -> Prompts:
+    "One random prompt anywhere in the image (the answer is 'nothing'): a box of 10-50% of each side, or random points."
+    H, W = shape
+    cls = None if num_classes is None else np.array([rng.integers(1, num_classes + 1)])
+    if kind == 'box':
+        w, h = rng.uniform(0.1, 0.5) * W, rng.uniform(0.1, 0.5) * H
+        x0, y0 = rng.uniform(0, W - w), rng.uniform(0, H - h)
+        return Prompts(boxes=[[x0, y0, min(x0 + w, W - 1), min(y0 + h, H - 1)]], classes=cls, num_classes=num_classes,
+                       kind=kind, source='random')
+    k = int(kind.split('_')[1])
+    pts = rng.uniform((0, 0), (W - 1, H - 1), (1, k + n_neg, 2))
+    return Prompts(points=pts, labels=[[1] * k + [0] * n_neg], classes=cls, num_classes=num_classes, kind=kind, source='random')
+
+def simulate_prompts(mask:np.ndarray, # HxW class-index ground truth
+                     rng:np.random.Generator, # the training loop's generator (the only randomness used)
+                     kind:str='box', # box | points_1 | points_3 | points_5
+                     jitter:float=0.0, # box jitter
+                     expand_ratio:float=0.0, # box expansion
+                     n_neg:int=0, # negative points per object (points_k)
+                     min_area:int=10, # smaller components get no prompt and are ignored by the loss
+                     class_aware:bool=False, # prompts per class, C-channel target
+                     num_classes:int|None=None, # number of defect classes (class_aware)
+                    ) -> tuple[Prompts, np.ndarray, np.ndarray]: # prompts, target (C, H, W), valid (C, H, W) float32
+    "Training prompts from a ground-truth mask, with the target and valid maps their combined answer is scored on."
+    C = num_classes if class_aware else None
+    p = make_prompts(mask, kind, seed=int(rng.integers(2**32)), class_aware=class_aware, num_classes=C, min_area=min_area,
+                     expand_ratio=expand_ratio, jitter=jitter, n_neg=n_neg, source='train')
+    layers = [mask == c for c in range(1, C + 1)] if class_aware else [mask > 0]
+    target = np.stack(layers).astype(np.float32)
+    valid = np.stack([~_small_components(m, min_area) for m in layers]).astype(np.float32)
+    if p.is_empty: p = _random_prompt(mask.shape, kind, n_neg, rng, C)
+    return p, target, valid
+
+@patch
+def forward_batch(self:SamSegmenter, samples:list, # augmented `Sample`s
+                  rng:np.random.Generator, # the loop's generator: prompt simulation
+                  module:nn.Module) -> TrainOutput: # the wrapped `self.module`
+    "Simulate prompts (`train_prompts`) for each sample, run them through `module`; per-image (C, H, W) logits and targets."
+    if not self.trainable: raise ConfigError("this SAM2 model has nothing to train: build it with finetune='full' or 'lora'")
+    sims = [simulate_prompts(s.mask, rng, **self.train_prompts) for s in samples]
+    logits = self.forward_train([s.image for s in samples], [p.as_kwargs() for p, _, _ in sims], combine=True, module=module)
+    logits = [l if l.ndim == 3 else l[None] for l in logits]
+    dev = logits[0].device
+    return TrainOutput(logits, [torch.from_numpy(t).to(dev) for _, t, _ in sims], [torch.from_numpy(v).to(dev) for _, _, v in sims])
+
+@patch
+def after_optimizer_step(self:SamSegmenter):
+    "Drop cached embeddings made stale by the step (all when the encoder trains, `post`-stage ones when only conv_s0/s1 do)."
+    stores = [c for c in (self.cache, self._train_store) if c is not None]
+    if not self.encoder_frozen:
+        for c in stores: c.clear()
+    elif any(p.requires_grad for p in [*self.model.sam_mask_decoder.conv_s0.parameters(), *self.model.sam_mask_decoder.conv_s1.parameters()]):
+        for c in stores: c.drop(lambda k: k.startswith('post'))
+
+@patch(as_prop=True)
+def default_weight_decay(self:SamSegmenter) -> float:
+    "AdamW weight decay when the training config gives none: 0.05 for LoRA, 0.1 for full fine-tuning."
+    if self.finetune == 'lora': return 0.05
+    if self.finetune == 'full': return 0.1
+    raise ConfigError("this SAM2 model has nothing to train: build it with finetune='full' or 'lora'")
 
 # %% ../nbs/20_sam.ipynb #d61fa22b
 def build_sam2(finetune:str|None=None, # None (zero-shot), 'full' or 'lora'

@@ -133,6 +133,10 @@ class EmbeddingCache:
         if disk and self.disk_dir is not None:
             for p in self.disk_dir.glob('*/*.safetensors'): p.unlink()
 
+    def drop(self, pred): # key -> True for the entries to remove
+        "Remove the memory-tier entries whose key satisfies `pred` (e.g. embeddings of weights that changed)."
+        for k in [k for k in self._mem if pred(k)]: self._bytes -= _nbytes(self._mem.pop(k))
+
     def __len__(self): return len(self._mem)
     def __contains__(self, key): return key in self._mem or (self.disk_dir is not None and self._path(key).exists())
 
