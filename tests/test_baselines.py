@@ -145,15 +145,49 @@ def test_checkpoints_are_strict(tmp_path):
     assert c.info()['trained'] == str(f)
 
 
-@pytest.mark.parametrize('name', ['unet', 'unet_r50', 'unetpp', 'dsc_unet'])
-def test_registry_names(name):
-    m = build_model(name, encoder_weights=None, img_size=(64, 64))
-    assert m.name == name and m.info()['model'] == name and m.trainable and m.default_weight_decay == 1e-4
-    assert m.predict(np.zeros((40, 70, 3), np.uint8)).shape == (40, 70)
-
-
 def test_bad_parameters():
     with pytest.raises(ConfigError, match='num_classes'): _small(num_classes=0)
     with pytest.raises(ConfigError, match='img_size'): _small(img_size=(16, 64))
     with pytest.raises(ConfigError, match='unknown encoder'): _small(encoder='resnet7')
     with pytest.raises(ConfigError, match='cannot build'): _small(arch='unet3')
+
+
+def _splits(n=8, binary=True):
+    from defect_sam.data import load_dataset, split_dataset
+    ds = load_dataset('synthetic', n_images=n, seed=0, height=64, width=256, binary=binary)
+    return split_dataset(ds, (0.5, 0.25, 0.25), seed=0)
+
+
+@pytest.mark.parametrize('name', ['unet', 'unet_r50', 'unetpp', 'dsc_unet'])
+def test_train_through_the_shared_loop(tmp_path, monkeypatch, name):
+    "Every registered U-Net trains a couple of steps with the one loop; DSC-UNet's aux loss is there, the others' is 0."
+    from defect_sam.train import TrainConfig, train
+    monkeypatch.setenv('DEFECT_SAM_CACHE', str(tmp_path/'cache'))
+    sp = _splits()
+    m = build_model(name, encoder_weights=None, img_size=(64, 128))
+    assert m.name == name and m.info()['model'] == name and m.trainable and m.default_weight_decay == 1e-4
+    before = {k: v.clone() for k, v in m.trainable_state_dict().items()}
+    res = train(m, sp['train'], sp['val'], TrainConfig(steps=2, batch_size=2, lr=1e-3, val_every=2, ckpt_every=2,
+                                                       log_every=1, progress=False), tmp_path/'run')
+    assert res.steps == 2 and res.best_checkpoint is not None
+    h = res.history[res.history.kind == 'train']
+    aux = h['loss_aux'].dropna()
+    assert len(aux) and ((aux > 0).all() if name == 'dsc_unet' else (aux == 0).all())
+    changed = [k for k, v in m.trainable_state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]
+    assert changed and (name != 'dsc_unet' or any(k.startswith('aux_heads') for k in changed))
+    s = sp['test'][0]
+    p = m.predict(s.image)
+    assert p.shape == s.shape and p.dtype == np.float32 and 0 <= p.min() <= p.max() <= 1
+
+
+def test_four_class_unet_trains_and_predicts_per_class(tmp_path, monkeypatch):
+    from defect_sam.evaluate import evaluate
+    from defect_sam.train import TrainConfig, train
+    monkeypatch.setenv('DEFECT_SAM_CACHE', str(tmp_path/'cache'))
+    sp = _splits(binary=False)
+    m = _small(num_classes=4, img_size=(64, 128))
+    train(m, sp['train'], sp['val'], TrainConfig(steps=2, batch_size=2, val_every=None, progress=False), tmp_path/'run')
+    s = sp['test'][0]
+    assert m.predict(s.image).shape == (4,) + s.shape
+    r = evaluate(m, sp['test'], class_aware=True, progress=False)
+    assert len(r.table) == len(sp['test']) and 'iou_pits' in r.table
