@@ -208,7 +208,7 @@ class YoloSegmenter(Segmenter):
             m.args, m.task, m.names = y.model.args, y.task, dict(enumerate(self.class_names))
             y.model = m
             self.yolo = y
-        else: self.yolo = self._load(src, check_classes=weights != 'auto')
+        else: self.yolo = self._load(src, check_classes=False)   # e.g. COCO weights: a starting point for `train`
 
     def _load(self, path, check_classes=True):
         from ultralytics import YOLO

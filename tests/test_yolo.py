@@ -44,10 +44,13 @@ def _synthetic(n=12, binary=True, seed=0):
 
 
 def test_train_predict_offline(cache, no_network, monkeypatch):
-    "A 4-class detector trains (steps -> 1 epoch) and predicts with every connection refused; nothing lands in the cwd."
+    """A 4-class detector starting from an 80-class checkpoint (as from COCO weights) trains (steps -> 1 epoch) and
+    predicts with every connection refused; nothing lands in the cwd."""
     monkeypatch.chdir(cache)
     sp = _synthetic(12, binary=False)
-    m = build_yolo('detect', imgsz=64, num_classes=4, conf=0.0)
+    coco = YoloSegmenter('detect', imgsz=64, num_classes=80).save_weights(cache/'cache'/'coco_like.pt')
+    m = build_yolo('detect', weights=coco, imgsz=64, num_classes=4, conf=0.0)
+    with pytest.raises(ConfigError, match='predicts 80 classes'): m.predict(sp['test'][0].image)
     r = m.train(sp['train'], sp['val'], steps=1, lr=1e-3, batch=4, out_dir=cache/'run', seed=0)
     assert r.epochs == 1 and Path(r.weights).is_file() and set(r.metrics) == {'val'}
     assert all(0 <= v <= 1 for v in r.metrics['val'].values())
@@ -57,7 +60,8 @@ def test_train_predict_offline(cache, no_network, monkeypatch):
     assert sorted(x.name for x in cache.iterdir()) == ['cache', 'run']          # no runs/, no weights, no fonts in the cwd
     assert no_network == []                                                   # nothing even tried to connect
     info = m.info()
-    assert info['trained'] == r.weights and info['det_metrics'] == r.metrics and info['pretrained'] is False
+    assert info['trained'] == r.weights and info['det_metrics'] == r.metrics and info['pretrained'] is True
+    assert r.args['pretrained'] is True and len(m.yolo.model.names) == 4
 
 
 def test_auto_weights_fall_back_offline(cache, no_network, monkeypatch):
