@@ -15,7 +15,7 @@ import torch
 from fastcore.basics import patch
 from torch import nn
 
-from .core import ConfigError, DataError, Sample, torch_save_atomic
+from .core import ConfigError, DataError, Sample, preserve_rng, torch_save_atomic
 from .models import TrainableSegmenter, TrainOutput, load_state_dict_strict
 from .transforms import letterbox, unletterbox
 from .yolo import network_available
@@ -143,16 +143,17 @@ class SmpSegmenter(TrainableSegmenter):
         self.encoder_weights, wfile, self.weights_note = resolve_encoder_weights(encoder, encoder_weights, timeout, hub_cache, require_weights)
         self.aux_weights = tuple(aux_weights) if arch == 'dsc_unet' else None
         self.smp_kwargs = dict(smp_kwargs)
-        torch.manual_seed(seed)
         base = 'unet' if arch == 'dsc_unet' else arch
         tu = encoder.startswith('tu-') and self.encoder_weights is not None
-        try: net = smp.create_model(base, encoder_name=encoder, encoder_weights=True if tu else None,
-                                    classes=self.num_classes, **smp_kwargs)
-        except KeyError as e: raise ConfigError(f"smp cannot build arch={arch!r}: {e}") from None
+        with preserve_rng():                 # seeded initialisation; the caller's random streams stay as they were
+            torch.manual_seed(seed)
+            try: net = smp.create_model(base, encoder_name=encoder, encoder_weights=True if tu else None,
+                                        classes=self.num_classes, **smp_kwargs)
+            except KeyError as e: raise ConfigError(f"smp cannot build arch={arch!r}: {e}") from None
+            self.net = DeepSupervisedUnet(net, self.num_classes, aux_weights) if arch == 'dsc_unet' else net
         if wfile is not None:
             from safetensors.torch import load_file
             net.encoder.load_state_dict(load_file(wfile, device='cpu'))   # strict, as smp does
-        self.net = DeepSupervisedUnet(net, self.num_classes, aux_weights) if arch == 'dsc_unet' else net
         self.device = torch.device('cuda' if device == 'auto' and torch.cuda.is_available() else 'cpu' if device == 'auto' else device)
         self.net.to(self.device)
         self.trained = None

@@ -21,7 +21,7 @@ import torch
 
 from fastcore.basics import patch
 
-from .core import ConfigError, DataError, cache_dir, seed_everything, write_json_atomic
+from .core import ConfigError, DataError, cache_dir, preserve_rng, seed_everything, write_json_atomic
 from .models import Segmenter
 from .prompts import Prompts
 from .transforms import export_yolo
@@ -200,11 +200,11 @@ class YoloSegmenter(Segmenter):
         self.weights = None if weights is None else str(weights)
         self.source, self.trained, self.train_result, self.det_metrics = src, None, None, {}
         if src.endswith('.yaml'):
-            torch.manual_seed(seed)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), preserve_rng():   # seeded initialisation; global RNGs stay as they were
                 warnings.simplefilter('ignore')
+                torch.manual_seed(seed)
                 y = YOLO(src, task=task)
-            m = type(y.model)(y.model.yaml, nc=self.num_classes, verbose=False)   # the YAML says nc=80 (COCO)
+                m = type(y.model)(y.model.yaml, nc=self.num_classes, verbose=False)   # the YAML says nc=80 (COCO)
             m.args, m.task, m.names = y.model.args, y.task, dict(enumerate(self.class_names))
             y.model = m
             self.yolo = y
