@@ -250,13 +250,13 @@ def _summary_figures(res:EvalResult, save_dir):
     plot_metric_distributions(res.table, fig/'metric_distributions.png', title=res.extras.get('model', {}).get('model'))
     if 'pr_curve' in res.extras: plot_pr_curve(res.extras['pr_curve'], fig/'pr_curve.png', ap=res.summary['AUPRC'])
 
-@preserve_rng()
 def _prompt_source(model, prompt_source, seen):
     "Where the prompts came from: 'gt', a detector's name, or (prompt-free models) what the model says, else None."
     if callable(prompt_source): return seen or getattr(prompt_source, '__name__', 'callable')
     if getattr(model, 'needs_prompts', False): return 'gt'
     return _model_info(model).get('prompt_source')
 
+@preserve_rng()
 def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are built)
              dataset, # a DefectDataset (images, masks, class names)
              prompt:str|None=None, # prompt kind for prompted models: one of PROMPT_KINDS
