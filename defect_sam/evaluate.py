@@ -250,6 +250,12 @@ def _summary_figures(res:EvalResult, save_dir):
     plot_metric_distributions(res.table, fig/'metric_distributions.png', title=res.extras.get('model', {}).get('model'))
     if 'pr_curve' in res.extras: plot_pr_curve(res.extras['pr_curve'], fig/'pr_curve.png', ap=res.summary['AUPRC'])
 
+def _prompt_source(model, prompt_source, seen):
+    "Where the prompts came from: 'gt', a detector's name, or (prompt-free models) what the model says, else None."
+    if callable(prompt_source): return seen or getattr(prompt_source, '__name__', 'callable')
+    if getattr(model, 'needs_prompts', False): return 'gt'
+    return _model_info(model).get('prompt_source')
+
 @preserve_rng()
 def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are built)
              dataset, # a DefectDataset (images, masks, class names)
@@ -303,7 +309,7 @@ def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are bui
           'dataset': {'name': getattr(dataset, 'name', None), 'n_images': len(t), 'classes': names},
           'threshold': float(threshold), 'postprocess': pp.to_dict(), 'class_aware': class_aware,
           'prompt': prompt if not callable(prompt_source) else (prompt or 'detector'),
-          'prompt_source': 'gt' if not callable(prompt_source) else (source or getattr(prompt_source, '__name__', 'callable')),
+          'prompt_source': _prompt_source(model, prompt_source, source),
           'prompt_kwargs': dict(prompt_kwargs or {}), 'seed': seed, 'quantize_probs': quantize_probs,
           'n_empty_prompts': int(t.prompt_empty.sum()),
           'empty_prompt_rule': 'images with empty prompts get an empty prediction without a model call',

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -409,198 +410,244 @@ def train(model:TrainableSegmenter, # the model to train (updated in place: best
     if cfg.val_every is None and cfg.patience is not None: raise ConfigError("patience needs validation (val_every)")
     trackers = _check_trackers(cfg.log_with)
     mp = _resolve_mixed_precision(cfg.mixed_precision)
-    out = Path(out_dir)
     launched = int(os.environ.get('WORLD_SIZE', '1'))              # torchrun / accelerate launch
-    acc = Accelerator(mixed_precision=mp, log_with=trackers or None, project_dir=str(out),
+    acc = Accelerator(mixed_precision=mp, log_with=trackers or None, project_dir=str(out_dir),
                       cpu=launched > 1 and not torch.cuda.is_available(),   # CPU-only machines: DDP over gloo
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)])
     try:
         if acc.num_processes != launched:
             raise ConfigError(f"launched as {launched} processes (WORLD_SIZE) but Accelerate runs {acc.num_processes}; "
                               "check the launcher's settings (accelerate config / torchrun)")
-        return _train(acc, model, train_ds, val_ds, cfg, out, resume, trackers, mp)
+        run = _Run(acc, model, train_ds, val_ds, cfg, Path(out_dir), trackers, mp)
+        try:
+            run.start(resume)
+            run.loop()
+        finally: run.close()
+        return run.result()
     finally:
         AcceleratorState._reset_state(); GradientState._reset_state()   # a later run may choose other settings
 
-# %% ../nbs/40_train.ipynb #b03d617e
-def _train(acc, model, train_ds, val_ds, cfg, out, resume, trackers, mp) -> TrainResult:
-    from accelerate.utils import broadcast_object_list, gather_object
-    rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
-    seed_everything(cfg.seed + rank, cfg.deterministic)
-    if model.needs_prompts:
-        C = len(train_ds.classes) - 1 if cfg.class_aware else None
-        model.set_train_prompts(cfg.prompt, cfg.prompt_jitter, cfg.prompt_expand_ratio, cfg.prompt_n_neg,
-                                cfg.prompt_min_area, cfg.class_aware, C)
-    params = _run_params(model, train_ds, val_ds, cfg, world, mp)
-    phash = params_hash(params)
-    last_path = out/'last.torch'
-    ck = None
-    if last_path.exists():
-        if not resume: raise ConfigError(f"{out} holds a training run (last.torch); pass resume=True to continue it or choose another out_dir")
-        ck = read_checkpoint(last_path)
-        if ck['params_hash'] != phash:
-            d = _diff(ck['params'], params)
-            raise ConfigError(f"{last_path} was written by a run with other parameters; resuming would mix two runs. "
+# %% ../nbs/40_train.ipynb #0c500328
+class _Run:
+    "The state and the parts of one training run (the body of `train`)."
+    def __init__(self, acc, model, train_ds, val_ds, cfg:TrainConfig, out:Path, trackers:list, mp:str):
+        self.acc, self.model, self.train_ds, self.val_ds, self.cfg, self.out = acc, model, train_ds, val_ds, cfg, out
+        self.trackers, self.mp = trackers, mp
+        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.last_path = out/'last.torch'
+        self.state = dict(step=0, top_k=[], best=None, bad=0, history=[], window=[], skipped=[], consecutive=0,
+                          time_s=0.0, done=None)
+        self.pending_delete, self.saved_step, self.postfix, self.wrapped = [], None, {}, None
+
+    # ---- setting up
+    def start(self, resume:bool):
+        "Seed, check a checkpoint found in out_dir, build the optimizer and schedule, prepare them, restore the state."
+        acc, cfg, model = self.acc, self.cfg, self.model
+        seed_everything(cfg.seed + self.rank, cfg.deterministic)
+        if model.needs_prompts:
+            C = len(self.train_ds.classes) - 1 if cfg.class_aware else None
+            model.set_train_prompts(cfg.prompt, cfg.prompt_jitter, cfg.prompt_expand_ratio, cfg.prompt_n_neg,
+                                    cfg.prompt_min_area, cfg.class_aware, C)
+        self.params = _run_params(model, self.train_ds, self.val_ds, cfg, self.world, self.mp)
+        self.phash = params_hash(self.params)
+        ck = self._read_last(resume)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            keep = {r['file'] for r in ck['state']['top_k']} if ck else set()
+            for p in self.out.glob('best_step*.torch'):         # written after the checkpoint by a killed run
+                if _BEST.match(p.name) and p.name not in keep: p.unlink()
+        acc.wait_for_everyone()
+        self.module = model.module
+        self.was_training = self.module.training
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
+        if not trainable: raise ConfigError(f"model {getattr(model, 'name', '')!r}: no parameter of its module requires grad")
+        wd = cfg.weight_decay if cfg.weight_decay is not None else model.default_weight_decay
+        opt = make_optimizer(trainable, cfg.lr, wd, cfg.betas)
+        warm = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_ratio * cfg.steps))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, warm, cfg.min_lr_ratio))
+        self.module.train()
+        self.wrapped, self.opt = acc.prepare(self.module, opt)
+        self.gen = np.random.default_rng([cfg.seed, self.rank])
+        if ck is not None:
+            model.load_trainable_state_dict(ck['model'])
+            self.opt.load_state_dict(ck['optimizer']); self.sched.load_state_dict(ck['scheduler'])
+            if acc.scaler is not None and ck.get('scaler') is not None: acc.scaler.load_state_dict(ck['scaler'])
+            mine = ck['rng'][self.rank]
+            set_rng_state(mine['global']); self.gen.bit_generator.state = mine['generator']
+            self.state = {k: ck['state'][k] for k in self.state}
+            self.saved_step = ck['step']
+        if self.main: _write_log(self.out/'log.csv', self.state['history'])
+        self.per_epoch = len(epoch_batches(len(self.train_ds), cfg.batch_size, cfg.seed, 0, self.rank, self.world))
+
+    def _read_last(self, resume:bool) -> dict|None:
+        if not self.last_path.exists(): return None
+        if not resume:
+            raise ConfigError(f"{self.out} holds a training run (last.torch); pass resume=True to continue it or choose another out_dir")
+        ck = read_checkpoint(self.last_path)
+        if ck['params_hash'] != self.phash:
+            d = _diff(ck['params'], self.params)
+            raise ConfigError(f"{self.last_path} was written by a run with other parameters; resuming would mix two runs. "
                               f"Differences (checkpoint -> now): {'; '.join(d[:8]) or 'none visible (hash differs)'}. "
                               f"Use another out_dir or the same parameters.")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        keep = {r['file'] for r in ck['state']['top_k']} if ck else set()
-        for p in out.glob('best_step*.torch'):                  # written after the checkpoint by a killed run
-            if _BEST.match(p.name) and p.name not in keep: p.unlink()
-    acc.wait_for_everyone()
+        return ck
 
-    module = model.module
-    was_training = module.training
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    if not trainable: raise ConfigError(f"model {getattr(model, 'name', '')!r}: no parameter of its module requires grad")
-    wd = cfg.weight_decay if cfg.weight_decay is not None else model.default_weight_decay
-    opt = make_optimizer(trainable, cfg.lr, wd, cfg.betas)
-    warm = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_ratio * cfg.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, warm, cfg.min_lr_ratio))
-    module.train()
-    wrapped, opt = acc.prepare(module, opt)
-    gen = np.random.default_rng([cfg.seed, rank])
-    st = dict(step=0, top_k=[], best=None, bad=0, history=[], window=[], skipped=[], consecutive=0, time_s=0.0, done=None)
-    if ck is not None:
-        model.load_trainable_state_dict(ck['model'])
-        opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
-        if acc.scaler is not None and ck.get('scaler') is not None: acc.scaler.load_state_dict(ck['scaler'])
-        mine = ck['rng'][rank]
-        set_rng_state(mine['global']); gen.bit_generator.state = mine['generator']
-        st = {k: ck['state'][k] for k in st}
-        if main: _write_log(out/'log.csv', st['history'])
-    elif main: _write_log(out/'log.csv', [])
+    # ---- the loop
+    def loop(self):
+        "Train until `steps`, early stopping or an error; validate, log and checkpoint on the way."
+        cfg, st = self.cfg, self.state
+        if st['done'] is not None: return                          # a finished run: nothing to do
+        GA = cfg.grad_accum
+        items = _Items(self.train_ds, None if cfg.augment is None else Augment(**cfg.augment), cfg.seed)
+        sampler = _MicroBatches(len(self.train_ds), cfg.batch_size, cfg.seed, self.rank, self.world, st['step'] * GA, cfg.steps * GA)
+        stream = iter(torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=_samples, num_workers=cfg.num_workers,
+                                                  generator=torch.Generator().manual_seed(cfg.seed)))
+        if self.trackers:
+            self.acc.init_trackers(self.out.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                         for k, v in asdict(cfg).items()})
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=cfg.steps, initial=st['step'], disable=not (cfg.progress and self.main), desc='train', leave=False)
+        while st['done'] is None:
+            step, lr = st['step'] + 1, self.sched.get_last_lr()[0]
+            sums, gn, bad = self._step(stream, step)
+            st['step'] = step
+            epoch = round(step * GA / self.per_epoch, 3)
+            if bad is not None: self._nonfinite(bad, step, epoch, lr)
+            else: st['consecutive'] = 0; st['window'].append({**sums, 'grad_norm': gn, 'lr': lr})
+            self.bar.update(1)
+            if st['window'] and (step % cfg.log_every == 0 or step == cfg.steps): self._log_train(step, epoch)
+            if cfg.val_every is not None and (step % cfg.val_every == 0 or step == cfg.steps): self._after_validation(step, epoch, self._validate())
+            if step == cfg.steps and st['done'] is None: st['done'] = 'steps'
+            if step % cfg.ckpt_every == 0 or st['done'] is not None: self._save_last()
 
-    GA = cfg.grad_accum
-    per_epoch = len(epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, 0, rank, world))
-    pending_delete, saved = [], [ck['step'] if ck is not None else None]
+    def _step(self, stream, step:int):
+        "One optimizer step of `grad_accum` micro-batches: (mean loss parts, gradient norm, why it failed or None)."
+        acc, cfg, GA = self.acc, self.cfg, self.cfg.grad_accum
+        sums, bad, gn = {}, None, float('nan')
+        for a in range(GA):
+            samples = next(stream)
+            with (acc.no_sync(self.wrapped) if a < GA - 1 else contextlib.nullcontext()):   # sync on the last only
+                out = self.model.forward_batch(samples, self.gen, self.wrapped)
+                losses = segmentation_losses(out, cfg.dice_weight, cfg.focal_weight, cfg.skeleton_weight, cfg.skeleton_iters,
+                                             cfg.focal_gamma, cfg.focal_alpha)
+                finite = torch.isfinite(losses['loss']).float().reshape(1)
+                if self.world > 1: finite = acc.reduce(finite, 'sum') / self.world     # every process agrees
+                if finite.item() < 1:
+                    bad = (f"non-finite loss ({losses['loss'].item()}) at step {step} (micro-batch {a + 1}/{GA}, "
+                           f"images {[s.id for s in samples]})")
+                    for _ in range(GA - a - 1): next(stream)       # keep the data stream aligned with the step count
+                    break
+                acc.backward(losses['loss'] / GA)
+            for k, v in losses.items(): sums[k] = sums.get(k, 0.0) + float(v.detach()) / GA
+        if bad is None:
+            gn = float(acc.clip_grad_norm_(self.wrapped.parameters(), cfg.clip_grad or math.inf))
+            if not math.isfinite(gn) and acc.scaler is None: bad = f"non-finite gradient norm ({gn}) at step {step}"
+        if bad is None:
+            self.opt.step()                                        # with fp16, the scaler may skip it (inf gradients)
+            if not acc.optimizer_step_was_skipped: self.model.after_optimizer_step()
+        self.opt.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():                            # a skipped first step makes torch warn that the
+            warnings.simplefilter('ignore', UserWarning)             # scheduler stepped before the optimizer: intended
+            self.sched.step()
+        return sums, gn, bad
 
-    def save_last():
-        states = gather_object([{'global': rng_state(), 'generator': gen.bit_generator.state}])
-        if main:
-            torch_save_atomic({'format': CHECKPOINT_FORMAT, 'kind': 'last', 'step': st['step'], 'params': params,
-                               'params_hash': phash, 'model': model.trainable_state_dict(), 'optimizer': opt.state_dict(),
-                               'scheduler': sched.state_dict(), 'scaler': acc.scaler.state_dict() if acc.scaler is not None else None,
-                               'rng': states, 'state': st, 'model_info': params['model']}, last_path)
-            for f in pending_delete: (out/f).unlink(missing_ok=True)
-        pending_delete.clear(); saved[0] = st['step']
-        acc.wait_for_everyone()
+    def _nonfinite(self, bad:str, step:int, epoch:float, lr:float):
+        "Raise a `TrainingError`, or record a skipped step (`nonfinite='skip'`, up to `max_skips` in a row)."
+        st, cfg = self.state, self.cfg
+        if cfg.nonfinite == 'raise' or st['consecutive'] >= cfg.max_skips:
+            st['step'] = step - 1
+            why = '' if cfg.nonfinite == 'raise' else f" ({st['consecutive'] + 1} consecutive non-finite steps, max_skips={cfg.max_skips})"
+            if self.main: _write_log(self.out/'log.csv', st['history'])
+            last = f"{self.last_path} (step {self.saved_step})" if self.saved_step is not None else 'none written yet'
+            raise TrainingError(f"{bad}{why}; training stopped. The last good checkpoint is {last}.")
+        st['consecutive'] += 1; st['skipped'].append(step)
+        self._log({'step': step, 'epoch': epoch, 'kind': 'skip', 'lr': lr})
 
-    def validate():
-        acc.wait_for_everyone()
-        res = None
-        if main:
-            prompt = (cfg.val_prompt or cfg.prompt) if model.needs_prompts else None
-            with preserve_rng(), torch.no_grad(), _eval_mode(module), _plain_forward(module):
-                r = evaluate(model, val_ds, prompt=prompt, threshold=cfg.val_threshold, class_aware=cfg.class_aware,
+    # ---- logging
+    def _log(self, row:dict):
+        self.state['history'].append({**row, 'time_s': self.state['time_s'] + time.perf_counter() - self.t0})
+        if self.main: _write_log(self.out/'log.csv', self.state['history'])
+        if self.trackers: self.acc.log({k: v for k, v in row.items() if k not in ('step', 'kind') and v is not None}, step=row['step'])
+
+    def _log_train(self, step:int, epoch:float):
+        "A training-log row: the mean loss parts of the steps since the last row (loss averaged over processes)."
+        w = self.state['window']
+        m = {k: float(np.mean([r[k] for r in w if k in r])) for k in w[-1]}
+        if self.world > 1: m['loss'] = float(self.acc.reduce(torch.tensor([m['loss']], device=self.acc.device), 'mean')[0])
+        self._log({'step': step, 'epoch': epoch, 'kind': 'train', 'loss': m['loss'], 'loss_dice': m.get('dice'),
+                   'loss_focal': m.get('focal'), 'loss_skeleton': m.get('skeleton'), 'loss_aux': m.get('aux'),
+                   'lr': m['lr'], 'grad_norm': m['grad_norm']})
+        self.postfix['loss'] = f"{m['loss']:.4f}"; self.bar.set_postfix(self.postfix)
+        self.state['window'] = []
+
+    # ---- validation and checkpoints
+    def _validate(self) -> dict:
+        "val mIoU and mDice through `evaluate`, on the main process (full precision, eval mode, RNG untouched)."
+        from accelerate.utils import broadcast_object_list
+        cfg, res = self.cfg, None
+        self.acc.wait_for_everyone()
+        if self.main:
+            prompt = (cfg.val_prompt or cfg.prompt) if self.model.needs_prompts else None
+            with preserve_rng(), torch.no_grad(), _eval_mode(self.module), _plain_forward(self.module):
+                r = evaluate(self.model, self.val_ds, prompt=prompt, threshold=cfg.val_threshold, class_aware=cfg.class_aware,
                              seed=cfg.seed, progress=False, prompt_kwargs=cfg.val_prompt_kwargs or None,
                              batch_size=cfg.val_batch_size)
             res = {'val_mIoU': float(r.summary['mIoU']), 'val_mDice': float(r.summary['mDice'])}
-        return broadcast_object_list([res])[0] if world > 1 else res
+        return broadcast_object_list([res])[0] if self.world > 1 else res
 
-    def log(row):
-        st['history'].append({**row, 'time_s': st['time_s'] + time.perf_counter() - t0})
-        if main: _write_log(out/'log.csv', st['history'])
-        if trackers: acc.log({k: v for k, v in row.items() if k not in ('step', 'kind') and v is not None}, step=row['step'])
+    def _after_validation(self, step:int, epoch:float, v:dict):
+        "Log the validation, update early stopping, write a best checkpoint if it enters the top k."
+        st, cfg = self.state, self.cfg
+        self._log({'step': step, 'epoch': epoch, 'kind': 'val', **v})
+        row = {'step': step, **v}
+        if st['best'] is None or _num(v['val_mIoU']) > _num(st['best']['val_mIoU']) + cfg.min_delta: st['best'], st['bad'] = row, 0
+        else: st['bad'] += 1
+        name = best_name(step, v['val_mIoU'], v['val_mDice'])
+        ranked = sorted(st['top_k'] + [{'file': name, **row}], key=lambda r: (-_num(r['val_mIoU']), -_num(r['val_mDice']), r['step']))
+        st['top_k'] = ranked[:cfg.keep_top_k]
+        if self.main and any(r['file'] == name for r in st['top_k']):
+            torch_save_atomic({'format': CHECKPOINT_FORMAT, 'kind': 'best', 'step': step, 'val': v, 'params_hash': self.phash,
+                               'model': self.model.trainable_state_dict(), 'model_info': self.params['model']}, self.out/name)
+        self.pending_delete += [r['file'] for r in ranked[cfg.keep_top_k:] if r['file'] != name]   # once `last` forgets them
+        self.postfix.update(val_mIoU=f"{v['val_mIoU']:.4f}", val_mDice=f"{v['val_mDice']:.4f}"); self.bar.set_postfix(self.postfix)
+        if cfg.patience is not None and st['bad'] >= cfg.patience: st['done'] = 'early_stopping'
 
-    if trackers: acc.init_trackers(out.name, config={k: str(v) if isinstance(v, (list, dict, tuple)) or v is None else v
-                                                    for k, v in asdict(cfg).items()})
-    t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=st['step'], disable=not (cfg.progress and main), desc='train', leave=False)
-    postfix = {}
-    if st['done'] is None and st['step'] < cfg.steps:
-        items = _Items(train_ds, None if cfg.augment is None else Augment(**cfg.augment), cfg.seed)
-        sampler = _MicroBatches(len(train_ds), cfg.batch_size, cfg.seed, rank, world, st['step'] * GA, cfg.steps * GA)
-        loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=_samples, num_workers=cfg.num_workers,
-                                             generator=torch.Generator().manual_seed(cfg.seed))
-        stream = iter(loader)
-        try:
-            while st['step'] < cfg.steps and st['done'] is None:
-                step = st['step'] + 1
-                lr = sched.get_last_lr()[0]
-                sums, bad = {}, None
-                for a in range(GA):
-                    samples = next(stream)
-                    with (acc.no_sync(wrapped) if a < GA - 1 else contextlib.nullcontext()):
-                        losses = segmentation_losses(model.forward_batch(samples, gen, wrapped), cfg.dice_weight, cfg.focal_weight,
-                                                     cfg.skeleton_weight, cfg.skeleton_iters, cfg.focal_gamma, cfg.focal_alpha)
-                        finite = torch.isfinite(losses['loss']).float()
-                        if world > 1: finite = acc.reduce(finite.reshape(1), 'sum')[0] / world
-                        if finite.item() < 1:
-                            bad = (f"non-finite loss ({losses['loss'].item()}) at step {step} (micro-batch {a + 1}/{GA}, "
-                                   f"images {[s.id for s in samples]})")
-                            for _ in range(GA - a - 1): next(stream)       # keep the data stream aligned with the step count
-                            break
-                        acc.backward(losses['loss'] / GA)
-                    for k, v in losses.items(): sums[k] = sums.get(k, 0.0) + float(v.detach()) / GA
-                gn = float('nan')
-                if bad is None:
-                    gn = float(acc.clip_grad_norm_(wrapped.parameters(), cfg.clip_grad or math.inf))
-                    if not math.isfinite(gn) and acc.scaler is None: bad = f"non-finite gradient norm at step {step}"
-                if bad is None:
-                    opt.step()
-                    if not acc.optimizer_step_was_skipped: model.after_optimizer_step()
-                    st['consecutive'] = 0
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                st['step'] = step
-                epoch = round(step * GA / per_epoch, 3)
-                if bad is not None:
-                    if cfg.nonfinite == 'raise' or st['consecutive'] >= cfg.max_skips:
-                        st['step'] = step - 1
-                        why = '' if cfg.nonfinite == 'raise' else f" ({st['consecutive'] + 1} consecutive non-finite steps, max_skips={cfg.max_skips})"
-                        if main: _write_log(out/'log.csv', st['history'])
-                        last = f"{last_path} (step {saved[0]})" if saved[0] is not None else 'none written yet'
-                        raise TrainingError(f"{bad}{why}; training stopped. The last good checkpoint is {last}.")
-                    st['consecutive'] += 1; st['skipped'].append(step)
-                    log({'step': step, 'epoch': epoch, 'kind': 'skip', 'lr': lr})
-                else: st['window'].append({**sums, 'grad_norm': gn, 'lr': lr})
-                bar.update(1)
-                if st['window'] and (step % cfg.log_every == 0 or step == cfg.steps):
-                    m = {k: float(np.mean([w[k] for w in st['window'] if k in w])) for k in st['window'][-1]}
-                    if world > 1:
-                        t = acc.reduce(torch.tensor([m['loss']], device=acc.device), 'mean'); m['loss'] = float(t[0])
-                    log({'step': step, 'epoch': epoch, 'kind': 'train', 'loss': m['loss'], 'loss_dice': m.get('dice'),
-                         'loss_focal': m.get('focal'), 'loss_skeleton': m.get('skeleton'), 'loss_aux': m.get('aux'),
-                         'lr': m['lr'], 'grad_norm': m['grad_norm']})
-                    postfix['loss'] = f"{m['loss']:.4f}"; bar.set_postfix(postfix)
-                    st['window'] = []
-                if cfg.val_every is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                    v = validate()
-                    row = {'step': step, **v}
-                    log({'step': step, 'epoch': epoch, 'kind': 'val', **v})
-                    better = st['best'] is None or _num(v['val_mIoU']) > _num(st['best']['val_mIoU']) + cfg.min_delta
-                    st['best'], st['bad'] = (row, 0) if better else (st['best'], st['bad'] + 1)
-                    ranked = sorted(st['top_k'] + [{'file': best_name(step, v['val_mIoU'], v['val_mDice']), **row}],
-                                    key=lambda r: (-_num(r['val_mIoU']), -_num(r['val_mDice']), r['step']))
-                    kept, dropped = ranked[:cfg.keep_top_k], ranked[cfg.keep_top_k:]
-                    name = best_name(step, v['val_mIoU'], v['val_mDice'])
-                    if main and any(r['file'] == name for r in kept):
-                        torch_save_atomic({'format': CHECKPOINT_FORMAT, 'kind': 'best', 'step': step, 'val': v, 'params_hash': phash,
-                                           'model': model.trainable_state_dict(), 'model_info': params['model']}, out/name)
-                    pending_delete.extend(r['file'] for r in dropped if r['file'] != name)
-                    st['top_k'] = kept
-                    postfix.update(val_mIoU=f"{v['val_mIoU']:.4f}", val_mDice=f"{v['val_mDice']:.4f}"); bar.set_postfix(postfix)
-                    if cfg.patience is not None and st['bad'] >= cfg.patience: st['done'] = 'early_stopping'
-                if st['step'] == cfg.steps and st['done'] is None: st['done'] = 'steps'
-                if step % cfg.ckpt_every == 0 or st['done'] is not None:
-                    st['time_s'] += time.perf_counter() - t0; t0 = time.perf_counter()
-                    save_last()
-        finally:
-            bar.close()
-            if trackers: acc.end_training()
-    acc.wait_for_everyone()
-    acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
-    module.train(was_training)
-    best = st['top_k'][0] if st['top_k'] else None
-    if best is not None: load_checkpoint(model, out/best['file'])
-    res = TrainResult(out/best['file'] if best else None, {k: best[k] for k in ('step', 'val_mIoU', 'val_mDice')} if best else {},
-                      last_path, pd.DataFrame(st['history'], columns=_LOG_COLS), st['step'], st['done'] or 'steps',
-                      list(st['skipped']), [dict(r) for r in st['top_k']])
-    if main:
-        write_json_atomic(out/'train_result.json', {'best_checkpoint': res.best_checkpoint, 'best_metrics': res.best_metrics,
-                                                   'last_checkpoint': res.last_checkpoint, 'steps': res.steps,
-                                                   'stop_reason': res.stop_reason, 'skipped_steps': res.skipped_steps,
-                                                   'top_k': res.top_k, 'params_hash': phash, 'params': params})
-    return res
+    def _save_last(self):
+        "Write last.torch (the whole training state, every process's random streams); then drop best files it no longer lists."
+        from accelerate.utils import gather_object
+        st = self.state
+        st['time_s'] += time.perf_counter() - self.t0; self.t0 = time.perf_counter()
+        states = gather_object([{'global': rng_state(), 'generator': self.gen.bit_generator.state}])
+        if self.main:
+            scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
+            torch_save_atomic({'format': CHECKPOINT_FORMAT, 'kind': 'last', 'step': st['step'], 'params': self.params,
+                               'params_hash': self.phash, 'model': self.model.trainable_state_dict(),
+                               'optimizer': self.opt.state_dict(), 'scheduler': self.sched.state_dict(), 'scaler': scaler,
+                               'rng': states, 'state': st, 'model_info': self.params['model']}, self.last_path)
+            for f in self.pending_delete: (self.out/f).unlink(missing_ok=True)
+        self.pending_delete, self.saved_step = [], st['step']
+        self.acc.wait_for_everyone()
+
+    # ---- the end
+    def close(self):
+        "Close the bar and trackers, undo Accelerate's wrapping of the module, restore its train/eval mode."
+        if getattr(self, 'bar', None) is not None: self.bar.close()
+        if self.trackers and getattr(self, 't0', None) is not None: self.acc.end_training()
+        if self.wrapped is not None:
+            self.acc.unwrap_model(self.wrapped, keep_fp32_wrapper=False)
+            self.module.train(self.was_training)
+
+    def result(self) -> TrainResult:
+        "Load the best weights into the model and describe the run (also in train_result.json)."
+        self.acc.wait_for_everyone()
+        st = self.state
+        best = st['top_k'][0] if st['top_k'] else None
+        if best is not None: load_checkpoint(self.model, self.out/best['file'])
+        res = TrainResult(self.out/best['file'] if best else None, {k: best[k] for k in ('step', 'val_mIoU', 'val_mDice')} if best else {},
+                          self.last_path, pd.DataFrame(st['history'], columns=_LOG_COLS), st['step'], st['done'] or 'steps',
+                          list(st['skipped']), [dict(r) for r in st['top_k']])
+        if self.main:
+            write_json_atomic(self.out/'train_result.json', {
+                'best_checkpoint': res.best_checkpoint, 'best_metrics': res.best_metrics, 'last_checkpoint': res.last_checkpoint,
+                'steps': res.steps, 'stop_reason': res.stop_reason, 'skipped_steps': res.skipped_steps, 'top_k': res.top_k,
+                'params_hash': self.phash, 'params': self.params})
+        return res

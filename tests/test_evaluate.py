@@ -119,6 +119,16 @@ def test_detector_prompts_from_a_callable():
         evaluate(PromptedOracle(ds), ds, prompt='box', prompt_source='yolo', progress=False)
 
 
+def test_prompt_source_of_prompt_free_models():
+    "A prompt-free model records no prompt source unless it reports one (a detector pipeline), never 'gt'."
+    ds = synthetic_dataset()
+    assert evaluate(Oracle(ds), ds, progress=False).extras['prompt_source'] is None
+    class Pipeline(Oracle):
+        def info(self): return {**super().info(), 'prompt_source': 'yolo_det'}
+    assert evaluate(Pipeline(ds), ds, progress=False).extras['prompt_source'] == 'yolo_det'
+    assert evaluate(PromptedOracle(ds), ds, prompt='box', progress=False).extras['prompt_source'] == 'gt'
+
+
 def test_batching_gives_the_same_results():
     ds = synthetic_dataset(n=10)
     one = evaluate(Oracle(ds, soft=True), ds, progress=False)
