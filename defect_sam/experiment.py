@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import inspect
 import io
+import json
 import linecache
 import math
 import os
@@ -444,9 +445,11 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
     if fam == 'yolo':
         return build_model(cfg.model, weights=None if cfg.weights == 'random' else cfg.weights, imgsz=cfg.img_size,
                            device=cfg.device, num_classes=nc, seed=cfg.seed, batch_size=cfg.batch_size)
-    if fam == 'pipeline':
-        return build_model(cfg.model, sam2_size=cfg.sam2_size, weights=cfg.weights, device=cfg.device, num_classes=nc,
-                           imgsz=cfg.img_size, image_size=cfg.sam2_image_size)
+    if fam == 'pipeline':   # weights: SAM2's; the detector starts from COCO weights unless weights='random'
+        det = build_model('yolo_det', weights=None if cfg.weights == 'random' else 'auto', imgsz=cfg.img_size, device=cfg.device,
+                          num_classes=nc, seed=cfg.seed, batch_size=cfg.batch_size)
+        return build_model(cfg.model, detector=det, sam2_size=cfg.sam2_size, weights=cfg.weights, device=cfg.device,
+                           num_classes=nc, image_size=cfg.sam2_image_size)
     raise ConfigError(f"model {cfg.model!r}: no experiment recipe for family {fam!r}")
 
 # %% ../nbs/50_experiment.ipynb #bc9345de
@@ -502,10 +505,16 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
     out = checkpoint_dir(cfg); out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with FileLock(str(out/'train.lock')):
-        if hasattr(model, 'train') and _family(cfg.model) in ('yolo', 'pipeline'):
-            res = model.train(parts['train'], parts['val'], lr=cfg.lr, steps=cfg.steps, batch=cfg.batch_size, imgsz=cfg.img_size,
-                              out_dir=out/'yolo', seed=cfg.seed, device=cfg.device)
-            info = {'ckpt_path': res.weights, 'wd': None, 'trainer': 'ultralytics', 'epochs': res.epochs, 'train': asdict(res)}
+        if _family(cfg.model) in ('yolo', 'pipeline'):
+            done = out/'yolo'/'train_result.json'
+            if done.exists():   # trained before (ultralytics cannot resume a part-trained run: it starts again)
+                res = json.loads(done.read_text())
+                (model.detector if hasattr(model, 'detector') else model).load_weights(res['weights'])
+            else:
+                res = asdict(model.train(parts['train'], parts['val'], lr=cfg.lr, steps=cfg.steps, batch=cfg.batch_size,
+                                         imgsz=cfg.img_size, out_dir=out/'yolo', seed=cfg.seed, device=cfg.device,
+                                         **(cfg.train_options or {})))
+            info = {'ckpt_path': res['weights'], 'wd': None, 'trainer': 'ultralytics', 'epochs': res['epochs'], 'train': res}
         elif getattr(model, 'trainable', False):
             from defect_sam.train import train
             has_val = len(parts['val']) > 0

@@ -219,3 +219,21 @@ def test_offline_pretrained_weights_stop_with_the_sam2_message(tmp_path, monkeyp
     eid = ExperimentConfig(**cfg).exp_id
     assert json.loads((tmp_path/eid/'FAILED.json').read_text())['error'] == 'WeightsUnavailableError'
     assert not (tmp_path/'experiments.csv').exists()
+
+
+def test_yolo_detector_prompts_sam2(tmp_path):
+    "A finished yolo_det run prompts SAM2 by its exp_id; the yolo_sam2 pipeline trains its detector and records its prompts."
+    base = {**TINY, 'results_dir': str(tmp_path), 'img_size': 64, 'steps': 1, 'batch_size': 2, 'n_figures': 0}
+    det = run_experiment({**base, 'model': 'yolo_det'}, progress=False)
+    assert det.row['ckpt_path'].endswith('.pt') and (tmp_path/det.row['ckpt_path']).exists()
+    sam = run_experiment({**base, 'prompt_source': det.row['exp_id']}, progress=False)
+    assert sam.row['prompt_source'] == f"detector:{det.row['exp_id']}" and sam.row['prompt_type'] == 'box'
+    assert sam.test.extras['prompt_source'] == 'yolo_det' and sam.row['exp_id'].split('-')[2] == 'box'
+    with pytest.raises(ConfigError, match='neither a .pt checkpoint nor the exp_id'):
+        run_experiment({**base, 'prompt_source': 'no-such-run'}, progress=False)
+    pipe = run_experiment({**base, 'model': 'yolo_sam2'}, progress=False)
+    r = pipe.row
+    assert (r['variant'], r['prompt_type'], r['prompt_source'], r['sam2_size'], r['weights']) == ('yolo_boxes', 'box', 'yolo_det', 'tiny', 'random')
+    assert (tmp_path/r['ckpt_path']).exists()
+    again = run_experiment({**base, 'model': 'yolo_sam2', 'threshold': 0.3}, progress=False)   # same training: reused
+    assert again.row['ckpt_path'] == r['ckpt_path'] and again.row['train_time_s'] < r['train_time_s']
