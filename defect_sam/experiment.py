@@ -76,7 +76,7 @@ class ExperimentConfig:
     batch_size: int = 2 # images per step (and per evaluation call)
     grad_accum: int = 1 # micro-batches accumulated per optimizer step
     img_size: int = 512 # input side of the U-Nets and YOLO (letterboxed)
-    augment: dict|None = None # training augmentation of SAM2 and U-Nets: transforms.Augment options ({} = its defaults, random flips); None: none (a frozen SAM2 encoder then embeds each image once)
+    augment: dict|None = None # training augmentation of SAM2 and U-Nets: transforms.Augment options ({}: its defaults, random flips); None: none (a frozen SAM2 encoder then embeds each image once)
     train_options: dict|None = None # other trainer options: TrainConfig fields for SAM2 and U-Nets (e.g. {val_every: 100, patience: 5, skeleton_weight: 0.5}), ultralytics train arguments for YOLO
     seed: int = 42 # run seed: initialisation, augmentation, prompt sampling
     threshold: float|str = 0.5 # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric)
