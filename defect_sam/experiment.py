@@ -72,7 +72,7 @@ class ExperimentConfig:
     lora_dropout: float = 0.05 # LoRA dropout
     lr: float = 1e-3 # peak learning rate (AdamW)
     weight_decay: float|None = None # AdamW weight decay; None: the model's default (0.05 LoRA, 1e-4 U-Nets)
-    steps: int = 20 # optimizer steps (YOLO: epochs are derived from it)
+    steps: int = 50 # optimizer steps (YOLO: epochs are derived from it)
     batch_size: int = 2 # images per step (and per evaluation call)
     grad_accum: int = 1 # micro-batches accumulated per optimizer step
     img_size: int = 512 # input side of the U-Nets and YOLO (letterboxed)
