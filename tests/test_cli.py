@@ -1,0 +1,64 @@
+"""`defect-sam`: run (in-process and bad parameters), grid exit codes, report, models — through the real entry point."""
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from defect_sam.cli import main
+from defect_sam.experiment import config_fields, read_results
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ['--model', 'sam2_zeroshot', '--weights', 'random', '--sam2-image-size', '64', '--device', 'cpu', '--n-figures', '0',
+        '--dataset-options', '{n_images: 8, height: 32, width: 96}', '--split', '[0.5, 0.25, 0.25]']
+
+
+def cli(*args, cwd=None):
+    "The console script `defect-sam=defect_sam.cli:main`, run the way setuptools runs it."
+    return subprocess.run([sys.executable, '-c', 'import sys; from defect_sam.cli import main; sys.exit(main())', *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_every_parameter():
+    r = cli('run', '--help')
+    assert r.returncode == 0
+    for name in config_fields(): assert f"--{name.replace('_', '-')}" in r.stdout, name
+    assert '--no-notebook' in r.stdout and '--config' in r.stdout
+    top = cli('--help')
+    assert top.returncode == 0 and all(c in top.stdout for c in ('run', 'grid', 'report', 'models'))
+
+
+def test_run_in_process_then_report(tmp_path):
+    r = cli('run', *TINY, '--results-dir', tmp_path, '--no-notebook')
+    assert r.returncode == 0, r.stderr
+    t = read_results(tmp_path)
+    assert len(t) == 1 and f'done {t.exp_id[0]}: test mIoU' in r.stdout
+    rep = cli('report', '--results-dir', tmp_path, '--n-boot', '50')
+    assert rep.returncode == 0, rep.stderr
+    assert 'leaderboard: ' in rep.stdout and 'lora_vs_full: skipped: no LoRA runs' in rep.stdout
+    assert (tmp_path/'figures'/'leaderboard.pdf').exists()
+
+
+def test_bad_parameters_exit_2_and_name_them(tmp_path, capsys):
+    r = cli('run', '--steps', 'lots', '--results-dir', tmp_path)
+    assert r.returncode == 2 and "'steps' must be of type int" in r.stderr
+    assert main(['run', '--model', 'sam3', '--dry-run']) == 2
+    assert "unknown model 'sam3'" in capsys.readouterr().err
+
+
+def test_grid_exit_status(tmp_path, capsys):
+    g = tmp_path/'g.yaml'
+    g.write_text(yaml.safe_dump({'fixed': {'model': 'sam2_zeroshot', 'weights': str(tmp_path/'missing.pt'), 'sam2_image_size': 64,
+                                           'dataset_options': {'n_images': 8, 'height': 32, 'width': 96}, 'split': [0.5, 0.25, 0.25]}}))
+    assert main(['grid', str(g), '--results-dir', str(tmp_path), '--dry-run']) == 0
+    assert '1 runs, 0 done' in capsys.readouterr().out
+    assert main(['grid', str(g), '--results-dir', str(tmp_path), '--no-notebook']) == 1
+    out = capsys.readouterr().out
+    assert 'FAILED' in out and 'missing.pt' in out
+    assert main(['grid', str(tmp_path/'nope.yaml')]) == 2
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(['models']) == 0
+    out = capsys.readouterr().out
+    assert 'sam2_lora' in out and 'yolo_sam2' in out
