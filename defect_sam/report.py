@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib import ticker as mticker
 
 from .core import ConfigError, DataError, atomic_write
 from .experiment import RESULT_COLUMNS, ExperimentConfig, read_results, resolve_path
@@ -23,7 +24,8 @@ from .experiment import RESULT_COLUMNS, ExperimentConfig, read_results, resolve_
 __all__ = ['METRICS', 'POOLED', 'ReportFigure', 'new_report_figure', 'save_report_figure', 'run_label', 'config_key',
            'load_results', 'per_image', 'metric_values', 'bootstrap', 'leaderboard', 'plot_leaderboard',
            'paired_comparison', 'plot_paired', 'plot_data_efficiency', 'plot_lora_vs_full', 'plot_prompt_comparison',
-           'plot_speed_accuracy', 'best_per_model', 'plot_metric_distributions', 'plot_qualitative', 'build_report']
+           'pareto_front', 'plot_speed_accuracy', 'best_per_model', 'plot_metric_distributions', 'plot_qualitative',
+           'build_report']
 
 # %% ../nbs/52_report.ipynb #23176865
 @dataclass
@@ -388,24 +390,46 @@ def plot_prompt_comparison(results_dir:str|Path, metric:str='test_mIoU', out_dir
     return ReportFigure(name, save_report_figure(fig, name, out_dir or Path(results_dir)/'figures'), pd.concat(tabs, ignore_index=True))
 
 # %% ../nbs/52_report.ipynb #ae95ca32
+def pareto_front(time:np.ndarray, value:np.ndarray) -> np.ndarray:
+    "Mask of the points no other point beats on both speed (lower time) and accuracy (higher value)."
+    t, v = np.asarray(time, float), np.asarray(value, float)
+    beaten = (t[None, :] <= t[:, None]) & (v[None, :] >= v[:, None]) & ((t[None, :] < t[:, None]) | (v[None, :] > v[:, None]))
+    return ~beaten.any(axis=1)
+
 def plot_speed_accuracy(results_dir:str|Path, metric:str='test_mIoU', out_dir:str|Path|None=None,
-                        results:pd.DataFrame|None=None, name:str='speed_accuracy', annotate:bool=True) -> ReportFigure:
-    "Scatter of inference time per image against the metric, one panel per dataset."
+                        results:pd.DataFrame|None=None, name:str='speed_accuracy',
+                        annotate:str='pareto', # label 'pareto' (the best trade-offs), 'all' or 'none' of the points
+                       ) -> ReportFigure:
+    "Scatter of inference time per image against the metric, one panel per dataset; the Pareto front is drawn."
+    if annotate not in ('pareto', 'all', 'none'): raise ConfigError(f"annotate must be 'pareto', 'all' or 'none', got {annotate!r}")
     df = load_results(results_dir) if results is None else results
     ok = df[df.avg_inference_time.notna() & (df.avg_inference_time > 0)] if len(df) else df
     if not len(ok): return ReportFigure(name, message='no runs with a recorded inference time')
     _check_metric(ok, metric)
     s = ok.groupby('config', sort=False).agg(dataset=('dataset', 'first'), model=('model', 'first'), label=('label', 'first'),
                                              time=('avg_inference_time', 'mean'), value=(metric, 'mean')).reset_index()
+    s['pareto'] = False
+    for d in s.dataset.unique(): s.loc[s.dataset == d, 'pareto'] = pareto_front(s.time[s.dataset == d], s.value[s.dataset == d])
     dsets = _datasets(s)
-    fig = new_report_figure(5.5 * len(dsets), 4.2)
+    fig = new_report_figure(6.5 * len(dsets), 4.5)
     axes = np.atleast_1d(fig.subplots(1, len(dsets), squeeze=False)[0])
     for ax, d in zip(axes, dsets):
         g = s[s.dataset == d]
-        for m, gm in g.groupby('model'): ax.scatter(gm.time, gm.value, label=m, s=25)
-        if annotate:
-            for _, r in g.iterrows(): ax.annotate(r['label'], (r['time'], r['value']), fontsize=5, alpha=0.7, xytext=(3, 2), textcoords='offset points')
-        ax.set_xscale('log'); ax.set(xlabel='inference time per image (s)', ylabel=metric, title=str(d)); ax.grid(alpha=0.3); ax.legend(fontsize=6)
+        for m, gm in g.groupby('model'): ax.scatter(gm.time, gm.value, label=m, s=25, zorder=3)
+        front = g[g.pareto].sort_values('time')
+        ax.step(front.time, front.value, where='post', color='0.5', lw=0.8, ls='--', zorder=2, label='Pareto front')
+        ax.set_xscale('log')
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda x, _: f'{x:g}'))
+        ax.xaxis.set_minor_formatter(mticker.FuncFormatter(lambda x, _: f'{x:g}' if round(x / 10 ** np.floor(np.log10(x)), 6) in (2, 5) else ''))
+        lo, hi = np.log10(g.time.min()), np.log10(g.time.max())
+        ax.set_xlim(10 ** (lo - 0.15), 10 ** (hi + 0.15))
+        if annotate != 'none':
+            for _, r in (g if annotate == 'all' else front).iterrows():
+                right = np.log10(r['time']) > (lo + hi) / 2   # labels point inwards, so they stay inside the panel
+                ax.annotate(r['label'], (r['time'], r['value']), fontsize=5, alpha=0.8, textcoords='offset points',
+                            xytext=(-4 if right else 4, 3), ha='right' if right else 'left', annotation_clip=True)
+        ax.set(xlabel='inference time per image (s, log scale)', ylabel=metric, title=str(d)); ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc='upper left', bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return ReportFigure(name, save_report_figure(fig, name, out_dir or Path(results_dir)/'figures'), s.drop(columns='config'))
 
 # %% ../nbs/52_report.ipynb #ad513bb2
