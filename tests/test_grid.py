@@ -27,6 +27,8 @@ def test_shipped_grids_expand():
     assert {r.config.model for r in runs} >= {'sam2_zeroshot', 'sam2_lora', 'sam2_full', 'unet', 'unetpp', 'dsc_unet', 'yolo_seg', 'yolo_det', 'yolo_sam2'}
     assert all(c.split_seed == 42 and c.dataset == 'severstal' for c in (r.config for r in runs))
     assert len(expand_grid(ROOT/'grids'/'example.yaml')) == 4
+    demo = [r.config for r in expand_grid(ROOT/'grids'/'demo.yaml')]   # the README figures: offline, so nothing pretrained
+    assert len(demo) == 14 and {c.weights for c in demo} == {'random'} and {c.device for c in demo} == {'cpu'}
 
 
 def test_ids_do_not_depend_on_the_machine(tmp_path):
