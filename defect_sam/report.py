@@ -21,8 +21,8 @@ from .core import ConfigError, DataError, atomic_write
 from .experiment import RESULT_COLUMNS, ExperimentConfig, read_results, resolve_path
 
 # %% auto #0
-__all__ = ['METRICS', 'POOLED', 'ReportFigure', 'new_report_figure', 'save_report_figure', 'run_label', 'config_key',
-           'load_results', 'per_image', 'metric_values', 'bootstrap', 'leaderboard', 'plot_leaderboard',
+__all__ = ['METRICS', 'POOLED', 'ReportFigure', 'new_report_figure', 'dataset_panels', 'save_report_figure', 'run_label',
+           'config_key', 'load_results', 'per_image', 'metric_values', 'bootstrap', 'leaderboard', 'plot_leaderboard',
            'paired_comparison', 'plot_paired', 'plot_data_efficiency', 'plot_lora_vs_full', 'plot_prompt_comparison',
            'pareto_front', 'plot_speed_accuracy', 'best_per_model', 'plot_metric_distributions', 'plot_qualitative',
            'build_report']
@@ -45,6 +45,12 @@ def new_report_figure(width:float, height:float) -> Figure:
     fig = Figure(figsize=(width, height), layout='constrained')
     FigureCanvasAgg(fig)
     return fig
+
+def dataset_panels(n:int, # number of panels (datasets), side by side
+                   width:float, height:float) -> tuple: # inches of one panel
+    "A report figure of `n` panels in a row and its axes as a 1-d array."
+    fig = new_report_figure(width * n, height)
+    return fig, fig.subplots(1, n, squeeze=False)[0]
 
 def save_report_figure(fig:Figure, # the figure
                        name:str, # file stem
@@ -225,8 +231,7 @@ def plot_leaderboard(results_dir:str|Path, # the results folder
     board = leaderboard(results_dir, (metric,), n_boot=n_boot, seed=seed, results=df)
     dsets = _datasets(board) or [None]
     n_max = max(min(top, (board.dataset == d).sum() if d else len(board)) for d in dsets)
-    fig = new_report_figure(6 * len(dsets), 0.8 + 0.28 * n_max)
-    axes = np.atleast_1d(fig.subplots(1, len(dsets), squeeze=False)[0])
+    fig, axes = dataset_panels(len(dsets), 6, 0.8 + 0.28 * n_max)
     for ax, d in zip(axes, dsets):
         b = (board[board.dataset == d] if d else board).head(top).iloc[::-1]
         err = np.vstack([b[metric] - b[f'{metric}_lo'], b[f'{metric}_hi'] - b[metric]])
@@ -315,8 +320,7 @@ def plot_data_efficiency(results_dir:str|Path, # the results folder
     if not len(sizes) or sizes.max() < 2:
         return ReportFigure(name, message='no model was trained on two or more subset sizes (set subset_size in the grid)')
     dsets = _datasets(df)
-    fig = new_report_figure(5.5 * len(dsets), 4)
-    axes = np.atleast_1d(fig.subplots(1, len(dsets), squeeze=False)[0])
+    fig, axes = dataset_panels(len(dsets), 5.5, 4)
     tabs = []
     for ax, d in zip(axes, dsets):
         s = _seed_mean(trained[trained.dataset == d], metric, ['line', 'subset_size'])
@@ -341,8 +345,7 @@ def plot_lora_vs_full(results_dir:str|Path, metric:str='test_mIoU', # a results 
     lora = df[df.model == 'sam2_lora'] if len(df) else df
     if not len(lora): return ReportFigure(name, message='no LoRA runs (model sam2_lora) in the results table')
     dsets = _datasets(lora)
-    fig = new_report_figure(5.5 * len(dsets), 4)
-    axes = np.atleast_1d(fig.subplots(1, len(dsets), squeeze=False)[0])
+    fig, axes = dataset_panels(len(dsets), 5.5, 4)
     tabs, notes = [], []
     for ax, d in zip(axes, dsets):
         dd = df[df.dataset == d]
@@ -374,8 +377,7 @@ def plot_prompt_comparison(results_dir:str|Path, metric:str='test_mIoU', out_dir
     if p.prompt_type.nunique() < 2: return ReportFigure(name, message=f'only one prompt type ({p.prompt_type.iloc[0]}) in the results table')
     p = p.assign(who=[run_label({**r, 'prompt_type': None}) for r in p.to_dict('records')])
     dsets = _datasets(p)
-    fig = new_report_figure(6 * len(dsets), 4)
-    axes = np.atleast_1d(fig.subplots(1, len(dsets), squeeze=False)[0])
+    fig, axes = dataset_panels(len(dsets), 6, 4)
     tabs = []
     for ax, d in zip(axes, dsets):
         s = _seed_mean(p[p.dataset == d], metric, ['who', 'prompt_type'])
@@ -411,8 +413,7 @@ def plot_speed_accuracy(results_dir:str|Path, metric:str='test_mIoU', out_dir:st
     s['pareto'] = False
     for d in s.dataset.unique(): s.loc[s.dataset == d, 'pareto'] = pareto_front(s.time[s.dataset == d], s.value[s.dataset == d])
     dsets = _datasets(s)
-    fig = new_report_figure(6.5 * len(dsets), 4.5)
-    axes = np.atleast_1d(fig.subplots(1, len(dsets), squeeze=False)[0])
+    fig, axes = dataset_panels(len(dsets), 6.5, 4.5)
     for ax, d in zip(axes, dsets):
         g = s[s.dataset == d]
         for m, gm in g.groupby('model'): ax.scatter(gm.time, gm.value, label=m, s=25, zorder=3)
