@@ -5,7 +5,6 @@
 # %% ../nbs/31_baselines.ipynb #54c51b0a
 from __future__ import annotations
 
-import contextlib
 import warnings
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from fastcore.basics import patch
 from torch import nn
 
 from .core import ConfigError, DataError, Sample, preserve_rng, torch_save_atomic
-from .models import TrainableSegmenter, TrainOutput, load_state_dict_strict
+from .models import TrainableSegmenter, TrainOutput, load_state_dict_strict, eval_mode
 from .transforms import letterbox, unletterbox
 from .yolo import network_available
 
@@ -100,13 +99,6 @@ class DeepSupervisedUnet(nn.Module):
 # %% ../nbs/31_baselines.ipynb #3ebc7c64
 SMP_ARCHS = ('unet', 'unetplusplus', 'dsc_unet') # the registered architectures; other smp.create_model names also build
 
-@contextlib.contextmanager
-def _eval_mode(module:nn.Module):
-    was = module.training
-    module.eval()
-    try: yield module
-    finally: module.train(was)
-
 class SmpSegmenter(TrainableSegmenter):
     "A segmentation_models_pytorch network (U-Net, UNet++, DSC-UNet, ...) as a trainable segmenter."
     name = 'unet'
@@ -188,7 +180,7 @@ def _letterbox(self:SmpSegmenter, image:np.ndarray, mask:np.ndarray|None=None):
 def _probs(self:SmpSegmenter, x:torch.Tensor) -> np.ndarray:
     "Sigmoid probabilities (B, C, H', W') of a normalised batch, in eval mode without gradients."
     dev = next(self.net.parameters()).device
-    with torch.inference_mode(), _eval_mode(self.net):
+    with torch.inference_mode(), eval_mode(self.net):
         return torch.sigmoid(self.net(x.to(dev)).float()).cpu().numpy()
 
 @patch

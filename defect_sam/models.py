@@ -5,6 +5,7 @@
 # %% ../nbs/30_models.ipynb #4d2805d4
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -15,8 +16,8 @@ import pandas as pd
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['MODELS', 'Segmenter', 'TrainOutput', 'TrainableSegmenter', 'load_state_dict_strict', 'ModelSpec', 'model_names',
-           'list_models', 'get_builder', 'build_model']
+__all__ = ['MODELS', 'Segmenter', 'TrainOutput', 'TrainableSegmenter', 'load_state_dict_strict', 'eval_mode', 'ModelSpec',
+           'model_names', 'list_models', 'get_builder', 'build_model']
 
 # %% ../nbs/30_models.ipynb #3a11eaf6
 class Segmenter:
@@ -86,6 +87,16 @@ def load_state_dict_strict(module, # a torch.nn.Module
         raise ConfigError(f"{what} do not match the model: {len(missing)} missing {missing[:5]}, "
                           f"{len(unexpected)} unexpected {unexpected[:5]}, {len(shapes)} of another shape {shapes[:5]}")
     module.load_state_dict(sd, strict=True)
+
+# %% ../nbs/30_models.ipynb #2d7e5ddf
+@contextlib.contextmanager
+def eval_mode(module): # a torch.nn.Module
+    "Eval mode for a block, then every submodule's own training flag back."
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try: yield module
+    finally:
+        for m, t in modes: m.training = t
 
 # %% ../nbs/30_models.ipynb #e585003f
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@
 # %% ../nbs/20_sam.ipynb #4a93169a
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import urllib.error
@@ -23,7 +22,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import ConfigError, DataError, DefectSamError, atomic_write, cache_dir
-from .models import Segmenter, TrainableSegmenter, TrainOutput
+from .models import Segmenter, TrainableSegmenter, TrainOutput, eval_mode
 from .prompts import Prompts, make_prompts
 from .sam_cache import EmbeddingCache, image_key, weights_digest, weights_fingerprint
 from .sam_lora import (LORA_STRATEGIES, SAM2_PARTS, adapted_modules, apply_lora, check_state_keys,
@@ -271,15 +270,6 @@ class SamImageModule(nn.Module):
         return out
 
 # %% ../nbs/20_sam.ipynb #fe132ddb
-@contextlib.contextmanager
-def _eval_mode(module:nn.Module):
-    "Temporarily put every submodule in eval mode, restoring each one's own mode after."
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try: yield
-    finally:
-        for m, t in modes: m.training = t
-
 def _check_image(image):
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise DataError(f"SAM2 needs an HxWx3 uint8 RGB image, got {getattr(image, 'shape', type(image))} {getattr(image, 'dtype', '')}")
@@ -417,7 +407,7 @@ def _features(self:SamSegmenter, crops:list, # HxWx3 uint8 images or tiles
     miss = list(todo)
     for a in range(0, len(miss), bs):
         ks = miss[a:a + bs]
-        with torch.no_grad(), _eval_mode(self.model.image_encoder), torch.autocast(self.device.type, enabled=False):
+        with torch.no_grad(), eval_mode(self.model.image_encoder), torch.autocast(self.device.type, enabled=False):
             f = self._module.encode(preprocess([crops[todo[k][0]] for k in ks], self.image_size, self.device), stage)
         self.encoder_images += len(ks); self.encoder_batches += 1
         for j, k in enumerate(ks):
@@ -509,7 +499,7 @@ def predict_batch(self:SamSegmenter, images:list, # HxWx3 uint8 images
             if bad: raise ConfigError(f"unknown prompt keywords {bad}; SAM2 takes {', '.join(sorted(_PROMPT_KEYS))}")
         arrs = [_prompt_arrays(**(p or {})) for p in pss]
         plans = [_crops_for(self, im, c, l) for im, (c, l, _) in zip(ims, arrs)]
-        with torch.inference_mode(), _eval_mode(self.model):
+        with torch.inference_mode(), eval_mode(self.model):
             feats = self._features([c for crops, _, _ in plans for c in crops])
             k = 0
             for im, (c, l, cls), (crops, tiles, routes), p in zip(ims, arrs, plans, pss):
@@ -541,7 +531,7 @@ def predict_prompts(self:SamSegmenter, image:np.ndarray, # HxWx3 uint8
         want = (len(c), self.image_size // 4, self.image_size // 4)
         if mask_input.shape != want: raise DataError(f"mask_input must be (N, h, w) = {want}, got {mask_input.shape}")
     crops, tiles, routes = _crops_for(self, image, c, l)
-    with torch.inference_mode(), _eval_mode(self.model):
+    with torch.inference_mode(), eval_mode(self.model):
         f = self._features(crops)
         chunks = list(_decode_whole(self, f[0], image.shape[:2], c, l, mask_input) if tiles is None
                       else _decode_tiled(self, f, tiles, routes, image.shape[:2], len(c)))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .core import (ConfigError, DataError, DefectSamError, Sample, atomic_write, params_hash, preserve_rng,
                              rng_state, seed_everything, set_rng_state, torch_save_atomic, write_json_atomic)
 from .evaluate import evaluate
-from .models import TrainableSegmenter, TrainOutput
+from .models import TrainableSegmenter, TrainOutput, eval_mode
 from .prompts import PROMPT_KINDS
 from .transforms import Augment
 
@@ -326,15 +326,6 @@ def _dataset_key(ds) -> dict:
             'binary': getattr(ds, 'binary', None)}
 
 @contextlib.contextmanager
-def _eval_mode(module:torch.nn.Module):
-    "Eval mode for a block, then every submodule's own mode back."
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try: yield
-    finally:
-        for m, t in modes: m.training = t
-
-@contextlib.contextmanager
 def _plain_forward(module:torch.nn.Module):
     "Undo Accelerate's mixed-precision forward wrapper for a block (validation runs in full precision)."
     wrapped = module.__dict__.get('forward')
@@ -587,7 +578,7 @@ class _Run:
         self.acc.wait_for_everyone()
         if self.main:
             prompt = (cfg.val_prompt or cfg.prompt) if self.model.needs_prompts else None
-            with preserve_rng(), torch.no_grad(), _eval_mode(self.module), _plain_forward(self.module):
+            with preserve_rng(), torch.no_grad(), eval_mode(self.module), _plain_forward(self.module):
                 r = evaluate(self.model, self.val_ds, prompt=prompt, threshold=cfg.val_threshold, class_aware=cfg.class_aware,
                              seed=cfg.seed, progress=False, prompt_kwargs=cfg.val_prompt_kwargs or None,
                              batch_size=cfg.val_batch_size)
