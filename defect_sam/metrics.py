@@ -219,7 +219,7 @@ def threshold_probs(prob:np.ndarray, # HxW or CxHxW probabilities
     if p.ndim == 3: return np.where(p.max(0) >= t, p.argmax(0) + 1, 0).astype(np.uint8)
     raise DataError(f"probabilities must be HxW or CxHxW, got shape {p.shape}")
 
-# %% ../nbs/11_metrics.ipynb #8edfe438
+# %% ../nbs/11_metrics.ipynb #1582a8d2
 def image_scores(counts:np.ndarray, # (..., C, 3) one image's [tp, fp, fn] per class; leading axes (images, thresholds) are kept
                 ) -> dict: # name -> array of the leading shape
     "The per-image numbers every summary is reduced from."
