@@ -772,6 +772,7 @@ d = { 'settings': { 'branch': 'main',
                                  'defect_sam.yolo.build_yolo_sam2': ('yolo.html#build_yolo_sam2', 'defect_sam/yolo.py'),
                                  'defect_sam.yolo.masks_to_prob': ('yolo.html#masks_to_prob', 'defect_sam/yolo.py'),
                                  'defect_sam.yolo.network_available': ('yolo.html#network_available', 'defect_sam/yolo.py'),
+                                 'defect_sam.yolo.yolo_augment_args': ('yolo.html#yolo_augment_args', 'defect_sam/yolo.py'),
                                  'defect_sam.yolo.yolo_device': ('yolo.html#yolo_device', 'defect_sam/yolo.py'),
                                  'defect_sam.yolo.yolo_offline': ('yolo.html#yolo_offline', 'defect_sam/yolo.py'),
                                  'defect_sam.yolo.yolo_weights': ('yolo.html#yolo_weights', 'defect_sam/yolo.py')}}}
