@@ -599,8 +599,9 @@ def build_report(results_dir:str|Path='results', # the results folder
         figs[f'lora_vs_full_{rk}'] = plot_lora_vs_full(results_dir, metric, out_dir=out, results=df, ranking=rk)
         figs[f'speed_accuracy_{rk}'] = plot_speed_accuracy(results_dir, metric, out, df, ranking=rk)
     figs['prompts'] = plot_prompt_comparison(results_dir, metric, out, df)
-    if paired is None and len(df):
-        board = figs['leaderboard_deployable'].table
+    if paired is None and len(df):   # the two best configurations of the first ranking that has two
+        boards = [figs[f'leaderboard_{rk}'].table for rk in RANKINGS]
+        board = next((b for b in boards if b is not None and len(b[b.dataset == b.dataset.iloc[0]]) > 1), None)
         top = board[board.dataset == board.dataset.iloc[0]] if board is not None and len(board) else None
         paired = [(top.exp_ids.iloc[0].split()[0], top.exp_ids.iloc[1].split()[0])] if top is not None and len(top) > 1 else []
     for k, (a, b) in enumerate(paired or []):
