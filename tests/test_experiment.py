@@ -229,6 +229,12 @@ def test_yolo_detector_prompts_sam2(tmp_path):
     sam = run_experiment({**base, 'prompt_source': det.row['exp_id']}, progress=False)
     assert sam.row['prompt_source'] == f"detector:{det.row['exp_id']}" and sam.row['prompt_type'] == 'box'
     assert sam.test.extras['prompt_source'] == 'yolo_det' and sam.row['exp_id'].split('-')[2] == 'box'
+    assert sam.row['prompt_regime'] == 'automatic' and sam.row['detector_img_size'] == 64   # the size the detector trained at
+    assert det.row['augment'] == 'fliplr=0.5,flipud=0.5'
+    from defect_sam.experiment import detector_source
+    assert detector_source(ExperimentConfig(**{**base, 'prompt_source': det.row['exp_id'], 'detector_img_size': 96}))[2:] == (96, 'detector_img_size')
+    ckpt = str(tmp_path/det.row['ckpt_path'])
+    assert detector_source(ExperimentConfig(**{**base, 'prompt_source': ckpt}))[2] == 64   # from the checkpoint's train_args
     with pytest.raises(ConfigError, match='neither a .pt checkpoint nor the exp_id'):
         run_experiment({**base, 'prompt_source': 'no-such-run'}, progress=False)
     pipe = run_experiment({**base, 'model': 'yolo_sam2'}, progress=False)
