@@ -66,6 +66,18 @@ def test_gated_run_never_calls_the_segmenter_on_gated_images(gate_run, monkeypat
         if pk < thr: assert t.loc[s.id, 'pred_area'] == 0
     assert u.row['gate'] == gid and json.loads(u.row['gate_thresholds']) == [thr] and '-gated-' in u.row['exp_id']
     assert u.test.extras['model']['gate']['n_gated'] >= len(clean)
+    # defect-sam predict applies the run's gate: the images it calls clean get empty masks, and predict.json records it
+    import cv2
+    from defect_sam.predict import load_predictor, predict_folder
+    imgs = d/'gated_images'; imgs.mkdir(exist_ok=True)
+    for s in test: cv2.imwrite(str(imgs/f'{s.id}.png'), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+    seen.clear()
+    rep = predict_folder(load_predictor(u.row['exp_id'], d), imgs, d/'gated_out', progress=False)
+    assert rep.ok and not clean & set(seen) and passed <= set(seen)
+    for s, pk in zip(test, p[:, 0]):
+        if pk < thr: assert not cv2.imread(str(d/'gated_out'/'masks'/f'{s.id}.png'), cv2.IMREAD_UNCHANGED).any()
+    g_info = json.loads((d/'gated_out'/'predict.json').read_text())['gate']
+    assert (g_info['exp_id'], g_info['thresholds']) == (gid, [thr])
     ungated = ExperimentConfig(**{**BASE, 'model': 'unet', 'results_dir': str(d)})
     assert cfg.train_key == ungated.train_key and cfg.inference_key != ungated.inference_key   # training is shared
 
