@@ -90,3 +90,15 @@ def test_gate_from_another_split_is_refused(gate_run):
         run_experiment({**BASE, 'model': 'unet', 'gate': 'no-such-run', 'results_dir': str(d)}, progress=False)
     with pytest.raises(ConfigError, match='cannot itself be gated'):
         ExperimentConfig(**{**BASE, 'model': 'gate', 'gate': g.row['exp_id']})
+
+
+def test_thesis_grid_gates_its_gate_sweep_run():
+    from pathlib import Path
+    from defect_sam.grid import expand_grid
+    runs = expand_grid(Path(__file__).resolve().parent.parent/'grids'/'thesis.yaml')
+    gate = [r for r in runs if r.sweep == 'gate']
+    gated = [r for r in runs if r.sweep == 'gated']
+    assert len(gate) == 1 and gate[0].config.threshold == 'val' and len(gated) == 9
+    assert {r.config.gate for r in gated} == {gate[0].exp_id}   # the literal id in the YAML is the gate sweep's run
+    for r in gated:   # each gated run reuses the training of an ungated run of the grid
+        assert [x for x in runs if x.config.gate is None and x.config.train_key == r.config.train_key]
