@@ -54,7 +54,7 @@ __all__ = ['PROMPT_OPTIONS', 'THESIS_COLUMNS', 'RESULT_COLUMNS', 'PROMPT_REGIMES
 @dataclass
 class ExperimentConfig:
     "One experiment run; the fields are the papermill parameters of `nbs/run_experiment.ipynb` and the options of `defect-sam run`."
-    model: str = 'sam2_lora' # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2
+    model: str = 'sam2_lora' # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2, gate (an image-level defect classifier)
     dataset: str = 'synthetic' # dataset kind: synthetic, severstal, supervisely, crack500, folder
     data_root: str|None = None # dataset folder (None: the cache folder, for synthetic and severstal)
     dataset_options: dict|None = None # reader options for load_dataset, e.g. {'images': 'img', 'masks': 'ann'}; None: the kind's defaults (synthetic: {'n_images': 40})
@@ -91,6 +91,7 @@ class ExperimentConfig:
     results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
     exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
     skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
+    gate: str|None = None # exp_id of a finished `model: gate` run on the same test images: images it calls defect-free get an empty prediction without a segmenter call; None: no gate
 
     def __post_init__(self): self.validate()
 
@@ -218,6 +219,9 @@ def train_config(cfg:ExperimentConfig, # the experiment (a SAM2 or U-Net model)
             raise ConfigError("the box jitter is set twice: in prompt_kwargs (training and evaluation) and in train_options prompt_jitter (training only)")
         kw |= dict(prompt=cfg.prompt, val_prompt_kwargs=pk, val_prompt_seed=cfg.eval_seed, **{f'prompt_{k}': v for k, v in pk.items()})
     if not has_val and 'val_every' not in opts: kw['val_every'] = None
+    if _family(cfg.model) == 'gate':   # image labels as (B, C, 1, 1) logits: plain BCE; thresholds are calibrated after training
+        if opts.get('val_every') is not None: raise ConfigError("train_options val_every: a gate is not validated during training (val mIoU does not rank a classifier)")
+        kw |= {k: v for k, v in dict(val_every=None, dice_weight=0.0, focal_gamma=0.0).items() if k not in opts}
     try: return TrainConfig(**kw, **opts)
     except TypeError as e: raise ConfigError(f"train_options: {e}") from None
 
@@ -261,7 +265,14 @@ def _validate(self:ExperimentConfig):
         from defect_sam.sam_lora import LORA_STRATEGIES
         if self.lora_strategy not in LORA_STRATEGIES:
             raise ConfigError(f"unknown LoRA strategy {self.lora_strategy!r}; valid: {', '.join(LORA_STRATEGIES)}")
-    if self.trains and fam in ('sam2', 'unet'): train_config(self)   # the trainer's own checks (train_options, prompt, augment)
+    if fam == 'gate':
+        if self.gate is not None: raise ConfigError("gate: a gate run cannot itself be gated")
+        if isinstance(self.threshold, str) and self.threshold not in ('val', 'val:F1'):
+            raise ConfigError(f"threshold={self.threshold!r}: a gate's thresholds are calibrated by image-level F1 ('val' or 'val:F1') or fixed (a number)")
+        if str(PostProcess.from_spec(self.postprocess)) != 'none': raise ConfigError("postprocess: a gate run has no masks to post-process; use 'none'")
+        if self.weights not in ('auto', 'random'): raise ConfigError(f"weights={self.weights!r}: a gate starts from 'auto' (ImageNet) or 'random' weights")
+    if self.gate is not None and not _NAME_RE.match(self.gate): raise ConfigError(f"gate={self.gate!r} is not an exp_id")
+    if self.trains and fam in ('sam2', 'unet', 'gate'): train_config(self)   # the trainer's own checks (train_options, prompt, augment)
     if self.prompt_source != 'gt' and fam != 'sam2':
         raise ConfigError(f"prompt_source={self.prompt_source!r}: detector prompts are for the SAM2 models; {self.model!r} takes no prompts")
     return self
@@ -313,7 +324,7 @@ def _used_params(self:ExperimentConfig) -> dict:
     fam = _family(self.model)
     keep = set(_DATA) | set(_EVAL_ONLY)
     if fam == 'sam2': keep |= set(_SAM)
-    if fam in ('unet', 'yolo', 'pipeline'): keep |= {'img_size', 'weights'}
+    if fam in ('unet', 'yolo', 'pipeline', 'gate'): keep |= {'img_size', 'weights'}
     if fam == 'pipeline': keep |= {'sam2_size', 'sam2_image_size'}
     if self.model == 'sam2_lora': keep |= set(_LORA)
     if self.trains: keep |= set(_TRAIN)
@@ -322,6 +333,7 @@ def _used_params(self:ExperimentConfig) -> dict:
     if 'eval_prompt_seed' in d: d['eval_prompt_seed'] = self.eval_seed
     d['dataset_options'] = self.reader_options()
     d['postprocess'] = str(PostProcess.from_spec(self.postprocess))
+    if self.gate is not None: d['gate'] = self.gate   # only when set: runs without a gate keep their ids
     return d
 
 ExperimentConfig.reader_options = _reader_options
@@ -337,7 +349,7 @@ def _params_hash(self:ExperimentConfig) -> str:
 
 def _train_key(self:ExperimentConfig) -> str:
     "Hash of the parameters training depends on."
-    return _key(self, _EVAL_ONLY + ('prompt_source',))
+    return _key(self, _EVAL_ONLY + ('prompt_source', 'gate'))
 
 def _inference_key(self:ExperimentConfig) -> str:
     "Hash of the parameters the saved probabilities depend on."
@@ -349,6 +361,7 @@ def _exp_id(self:ExperimentConfig) -> str:
     parts = [self.model, self.dataset]
     if self.trains: parts.append(f'n{self.subset_size}' if self.subset_size else 'full')
     if _family(self.model) == 'sam2': parts.append(self.prompt if self.prompt_source == 'gt' else f'{self.prompt}-det')
+    if self.gate is not None: parts.append('gated')
     parts.append(f's{self.seed}')
     return '-'.join(parts + [self.params_hash[:8]])
 
@@ -383,13 +396,13 @@ THESIS_COLUMNS = ('exp_id', 'model', 'subset_size', 'variant', 'prompt_type', 'i
                   'Precision', 'Recall', 'F1', 'AUPRC', 'avg_inference_time', 'ckpt_path', 'timestamp')
 RESULT_COLUMNS = THESIS_COLUMNS + (
     'prompt_regime', 'test_mIoU_defect', 'test_Dice_defect', 'IoU@50_defect', 'IoU@75_defect', 'IoU@90_defect', 'IoU@95_defect',
-    'image_precision', 'image_recall', 'image_F1', 'false_alarm_rate',
+    'image_precision', 'image_recall', 'image_F1', 'false_alarm_rate', 'image_AUROC',
     'dataset', 'sam2_size', 'weights', 'lora_strategy', 'lora_rank', 'trainable_params', 'total_params', 'prompt_source',
     'eval_prompt_seed', 'prompt_kwargs', 'detector_img_size', 'augment', 'threshold', 'threshold_from',
     'postprocess', 'class_aware', 'skeleton_IoU', 'kaggle_dice', 'pooled_IoU', 'pooled_Dice', 'Precision_pooled', 'Recall_pooled',
     'F1_pooled', 'n_train', 'n_val', 'n_test',
     'peak_memory_mb', 'memory_device', 'total_time_s', 'train_time_s', 'device', 'run_dir', 'per_image_csv', 'predictions_from',
-    'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit')
+    'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit', 'gate', 'gate_thresholds')
 
 # %% ../nbs/50_experiment.ipynb #893ccd48
 def read_results(path:str|Path, # experiments.csv (or a results folder holding it)
@@ -486,6 +499,10 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
     if fam == 'yolo':
         return build_model(cfg.model, weights=None if cfg.weights == 'random' else cfg.weights, imgsz=cfg.img_size,
                            device=cfg.device, num_classes=nc, seed=cfg.seed, batch_size=cfg.batch_size)
+    if fam == 'gate':
+        shape = train_ds[0].shape if train_ds is not None and len(train_ds) else (cfg.img_size, cfg.img_size)
+        return build_model(cfg.model, num_classes=nc, img_size=letterbox_box(cfg.img_size, shape), device=cfg.device, seed=cfg.seed,
+                           batch_size=cfg.batch_size, encoder_weights='imagenet' if cfg.weights == 'auto' else None)
     if fam == 'pipeline':   # weights: SAM2's; the detector starts from COCO weights unless weights='random'
         det = build_model('yolo_det', weights=None if cfg.weights == 'random' else 'auto', imgsz=cfg.img_size, device=cfg.device,
                           num_classes=nc, seed=cfg.seed, batch_size=cfg.batch_size)
@@ -605,6 +622,12 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
                       run_dir:Path, # the run's folder: val/ and test/ are written in it
                       progress:bool=True) -> tuple: # (val EvalResult or None, test EvalResult, threshold, threshold_from)
     "Choose the threshold (fixed or calibrated on val), score val at it, then evaluate the test split."
+    if _family(cfg.model) == 'gate':
+        from defect_sam.gate import gate_validate_and_test
+        return gate_validate_and_test(cfg, model, parts, run_dir, progress)
+    if cfg.gate is not None:
+        from defect_sam.gate import gated
+        model = gated(cfg, model, parts)
     fixed, metric = _threshold_spec(cfg)
     kw = _eval_kwargs(cfg, model)
     kw['prompt_source'] = detector_prompts(cfg, model, _num_classes(cfg, parts['test'])) if kw['prompt'] else 'gt'
@@ -695,6 +718,11 @@ def _param_counts(info:dict, trains:bool) -> tuple:
     total = info.get('params_total')
     return (info.get('trainable_params', info.get('params_trainable', total)) if trains else 0), total
 
+def _gate_thresholds(test:EvalResult) -> str|None:
+    "The gate thresholds of a gate run or a gated run, as JSON (one per gate class)."
+    g = test.extras.get('gate') or test.extras.get('model', {}).get('gate')
+    return json.dumps(g['thresholds']) if g else None
+
 def results_row(cfg:ExperimentConfig, # the experiment
                 test:EvalResult, # test-split evaluation
                 val:EvalResult|None, # validation-split evaluation (None without a val split)
@@ -729,6 +757,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'prompt_regime': regime, 'test_mIoU_defect': s['mIoU_defect'], 'test_Dice_defect': s['mDice_defect'],
            **{f'{k}_defect': s[f'{k}_defect'] for k in IOU_AT},
            **{k: None if regime == 'oracle' else s[k] for k in IMAGE_KEYS},   # the oracle prompt gives the answer away
+           'image_AUROC': test.extras.get('image_level', {}).get('AUROC'),
            'dataset': cfg.dataset, 'sam2_size': cfg.sam2_size if sam else None, 'weights': _weights_kind(model_info),
            'lora_strategy': cfg.lora_strategy if cfg.model == 'sam2_lora' else None,
            'lora_rank': cfg.lora_rank if cfg.model == 'sam2_lora' else None,
@@ -748,7 +777,8 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'total_time_s': total_s, 'train_time_s': train_info.get('train_time_s'), 'device': cfg.device,
            'run_dir': _rel(run_dir, cfg.results_dir), 'per_image_csv': _rel(per_image_csv, cfg.results_dir),
            'predictions_from': predictions_from, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key,
-           'inference_key': cfg.inference_key, 'defect_sam_version': package_version(), 'git_commit': git_commit()}
+           'inference_key': cfg.inference_key, 'defect_sam_version': package_version(), 'git_commit': git_commit(),
+           'gate': cfg.gate, 'gate_thresholds': _gate_thresholds(test)}
     assert list(row) == list(RESULT_COLUMNS), 'row keys follow RESULT_COLUMNS'
     return row
 
@@ -828,6 +858,9 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
                 model_info = test.extras.get('model', {})
             else:
                 stage = 'model'
+                if cfg.gate is not None:   # a gate from another split fails here, before any training
+                    from defect_sam.gate import check_gate
+                    check_gate(cfg, parts)
                 model = build_experiment_model(cfg, parts['train'])
                 if cfg.trains:
                     stage = 'train'
