@@ -38,6 +38,7 @@ from .data import DATASETS, _check_fractions, fewshot_subset, ids_hash, load_dat
 from .evaluate import EvalResult, _jsonable, calibrate_saved, evaluate, evaluate_saved
 from .metrics import CALIBRATION_METRICS, EMPTY_CONVENTION, SUMMARY_KEYS, MemoryMonitor
 from .models import MODELS, build_model
+from .perclass import calibrate_per_class, live_postprocess, per_class_columns, per_class_metric, per_class_requested
 from .postprocess import PostProcess
 from .prompts import PROMPT_KINDS
 
@@ -79,8 +80,8 @@ class ExperimentConfig:
     augment: dict|None = None # training augmentation of SAM2 and U-Nets: transforms.Augment options ({}: its defaults, random flips); None: none (a frozen SAM2 encoder then embeds each image once)
     train_options: dict|None = None # other trainer options: TrainConfig fields for SAM2 and U-Nets (e.g. {val_every: 100, patience: 5, skeleton_weight: 0.5}), ultralytics train arguments for YOLO
     seed: int = 42 # run seed: initialisation, augmentation, prompt sampling
-    threshold: float|str = 0.5 # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric)
-    postprocess: str = 'none' # post-processing spec: none, or steps such as 'open3,close3,fill,min50,crf'
+    threshold: float|str = 0.5 # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric; 'val_per_class[:<metric>]': one per class)
+    postprocess: str = 'none' # post-processing spec: none, or steps such as 'open3,close3,fill,min50,crf' ('min_area_val': per-class minimum areas searched on val)
     n_figures: int = 4 # 4-panel figures saved per run
     device: str = 'auto' # torch device: auto (cuda when available), cpu, cuda, cuda:1, ...
     results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
@@ -163,8 +164,9 @@ def _check_threshold(t):
     if isinstance(t, float):
         if not 0 <= t <= 1: raise ConfigError(f"threshold must lie in [0, 1] or be 'val', got {t}")
         return
+    if per_class_metric(t) is not None: return   # 'val_per_class[:<metric>]': one threshold per class (perclass)
     m = re.fullmatch(r'val(?::(.+))?', t)
-    if not m: raise ConfigError(f"threshold must be a number in [0, 1], 'val' or 'val:<metric>', got {t!r}")
+    if not m: raise ConfigError(f"threshold must be a number in [0, 1], 'val', 'val:<metric>' or 'val_per_class[:<metric>]', got {t!r}")
     if m[1] is not None and m[1] not in CALIBRATION_METRICS:
         raise ConfigError(f"threshold {t!r}: cannot calibrate for {m[1]!r}; metrics: {', '.join(CALIBRATION_METRICS)}")
 
@@ -215,6 +217,7 @@ def _validate(self:ExperimentConfig):
     if not self.prompt_source: raise ConfigError("prompt_source must be 'gt', a YOLO checkpoint path or an exp_id, got an empty string")
     _check_threshold(self.threshold)
     PostProcess.from_spec(self.postprocess)
+    per_class_requested(self.threshold, self.postprocess)   # refuses min_area_val with a global 'val' threshold
     if self.exp_name is not None and not _NAME_RE.match(self.exp_name):
         raise ConfigError(f"exp_name {self.exp_name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
     fam = _family(self.model)
@@ -349,6 +352,7 @@ RESULT_COLUMNS = THESIS_COLUMNS + (
     'postprocess', 'class_aware', 'skeleton_IoU', 'kaggle_dice', 'pooled_IoU', 'pooled_Dice', 'n_train', 'n_val', 'n_test',
     'peak_memory_mb', 'memory_device', 'total_time_s', 'train_time_s', 'device', 'run_dir', 'per_image_csv', 'predictions_from',
     'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit')
+RESULT_COLUMNS += ('class_thresholds', 'class_min_areas') # per-class values calibrated on val (perclass), class 1 first
 
 # %% ../nbs/50_experiment.ipynb #893ccd48
 def read_results(path:str|Path, # experiments.csv (or a results folder holding it)
@@ -534,11 +538,22 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
 def _threshold_spec(cfg:ExperimentConfig) -> tuple:
     "(fixed threshold or None, calibration metric or None)."
     if isinstance(cfg.threshold, float): return cfg.threshold, None
+    if per_class_metric(cfg.threshold) is not None: return None, None   # per-class thresholds: `_per_class_val`
     return None, (cfg.threshold.split(':', 1)[1] if ':' in cfg.threshold else 'mIoU')
 
 def _eval_kwargs(cfg:ExperimentConfig, model) -> dict:
     prompted = bool(getattr(model, 'needs_prompts', False))
     return dict(prompt=cfg.prompt if prompted else None, class_aware=cfg.class_aware, seed=cfg.seed, batch_size=cfg.batch_size)
+
+def _per_class_val(cfg:ExperimentConfig, val_dir:Path, val_ds, progress:bool) -> tuple:
+    "(ClassPostProcess, row threshold, threshold_from, calibration dict) searched on the saved predictions in `val_dir`."
+    cal = calibrate_per_class(val_dir, val_ds, cfg.threshold, cfg.postprocess, progress=progress,
+                              write_table=Path(cfg.results_dir)/cfg.exp_id/'per_class_calibration.csv')
+    pp, metric = cal.postprocess, per_class_metric(cfg.threshold)
+    if metric is None: return pp, cfg.threshold, 'fixed', cal.to_dict()
+    return pp, pp.class_thresholds[0] if pp.num_classes == 1 else float('nan'), f'val_per_class:{metric}', cal.to_dict()
+
+def _eval_threshold(t:float) -> float: return 0.5 if math.isnan(t) else t   # NaN: per-class thresholds decide
 
 def validate_and_test(cfg:ExperimentConfig, # the experiment
                       model, # the (trained) model
@@ -550,16 +565,22 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
     kw = _eval_kwargs(cfg, model)
     kw['prompt_source'] = detector_prompts(cfg, model, _num_classes(cfg, parts['test'])) if kw['prompt'] else 'gt'
     pp, val = PostProcess.from_spec(cfg.postprocess), None
-    if metric is not None and not len(parts['val']): raise ConfigError(f"threshold={cfg.threshold!r} needs a validation split; split={cfg.split} leaves none")
+    per_class, thr_from, cal = per_class_requested(cfg.threshold, pp), 'fixed' if metric is None else f'val:{metric}', None
+    if (metric is not None or per_class) and not len(parts['val']):
+        raise ConfigError(f"threshold={cfg.threshold!r}, postprocess={cfg.postprocess!r} needs a validation split; split={cfg.split} leaves none")
     if len(parts['val']):
-        val = evaluate(model, parts['val'], threshold=0.5 if fixed is None else fixed, postprocess=pp, save_dir=run_dir/'val',
+        val = evaluate(model, parts['val'], threshold=0.5 if fixed is None else fixed, postprocess=live_postprocess(pp), save_dir=run_dir/'val',
                        n_figures=0, progress=progress, calibrate_metric=metric, **kw)
         if metric is not None:
             fixed = float(val.calibration.threshold)
             val = evaluate_saved(run_dir/'val', parts['val'], fixed, pp, progress=progress)
-    test = evaluate(model, parts['test'], threshold=fixed, postprocess=pp, save_dir=run_dir/'test', n_figures=cfg.n_figures,
+        if per_class:
+            pp, fixed, thr_from, cal = _per_class_val(cfg, run_dir/'val', parts['val'], progress)
+            val = evaluate_saved(run_dir/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
+    test = evaluate(model, parts['test'], threshold=_eval_threshold(fixed), postprocess=pp, save_dir=run_dir/'test', n_figures=cfg.n_figures,
                     progress=progress, **kw)
-    return val, test, fixed, 'fixed' if metric is None else f'val:{metric}'
+    if cal is not None: test.extras['per_class_calibration'] = cal
+    return val, test, fixed, thr_from
 
 def _saved_source(cfg:ExperimentConfig, run_dir:Path) -> tuple:
     "(folder holding test/ and val/ predictions, its results row or None) for `skip_inference`."
@@ -576,13 +597,17 @@ def rescore_saved(cfg:ExperimentConfig, parts:dict, source:Path, progress:bool=T
     "Like `validate_and_test`, from the probabilities saved under `source` (no model)."
     fixed, metric = _threshold_spec(cfg)
     pp, val = PostProcess.from_spec(cfg.postprocess), None
+    per_class, thr_from, cal = per_class_requested(cfg.threshold, pp), 'fixed' if metric is None else f'val:{metric}', None
     has_val = len(parts['val']) and (source/'val'/'predictions'/'index.csv').exists()
+    if (metric is not None or per_class) and not has_val:
+        raise ConfigError(f"skip_inference with threshold={cfg.threshold!r}, postprocess={cfg.postprocess!r} needs saved validation predictions in {source/'val'}")
     if metric is not None:
-        if not has_val: raise ConfigError(f"skip_inference with threshold={cfg.threshold!r} needs saved validation predictions in {source/'val'}")
         fixed = float(calibrate_saved(source/'val', parts['val'], metric, postprocess=pp, progress=progress).threshold)
-    if has_val: val = evaluate_saved(source/'val', parts['val'], fixed, pp, progress=progress)
-    test = evaluate_saved(source/'test', parts['test'], fixed, pp, progress=progress)
-    return val, test, fixed, 'fixed' if metric is None else f'val:{metric}'
+    if per_class: pp, fixed, thr_from, cal = _per_class_val(cfg, source/'val', parts['val'], progress)
+    if has_val: val = evaluate_saved(source/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
+    test = evaluate_saved(source/'test', parts['test'], _eval_threshold(fixed), pp, progress=progress)
+    if cal is not None: test.extras['per_class_calibration'] = cal
+    return val, test, fixed, thr_from
 
 # %% ../nbs/50_experiment.ipynb #35cd8ed9
 def _variant(cfg:ExperimentConfig, info:dict) -> str:
@@ -643,6 +668,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'run_dir': _rel(run_dir, cfg.results_dir), 'per_image_csv': _rel(per_image_csv, cfg.results_dir),
            'predictions_from': predictions_from, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key,
            'inference_key': cfg.inference_key, 'defect_sam_version': package_version(), 'git_commit': git_commit()}
+    row |= per_class_columns(test.extras.get('per_class_calibration'))
     assert list(row) == list(RESULT_COLUMNS), 'row keys follow RESULT_COLUMNS'
     return row
 
