@@ -41,6 +41,7 @@ from .models import MODELS, build_model
 from .perclass import calibrate_per_class, live_postprocess, per_class_columns, per_class_metric, per_class_requested
 from .postprocess import PostProcess
 from .prompts import PROMPT_KINDS
+from .tta import check_tta, tta_label, with_tta
 
 # %% auto #0
 __all__ = ['THESIS_COLUMNS', 'RESULT_COLUMNS', 'ExperimentConfig', 'field_comments', 'config_fields', 'coerce_value',
@@ -87,6 +88,7 @@ class ExperimentConfig:
     results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
     exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
     skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
+    tta: list|None = None # test-time augmentation: [hflip], [vflip] or [hflip, vflip] (the mean over the image and its flips: 2, 2 or 4 passes); None: off
 
     def __post_init__(self): self.validate()
 
@@ -218,6 +220,7 @@ def _validate(self:ExperimentConfig):
     _check_threshold(self.threshold)
     PostProcess.from_spec(self.postprocess)
     per_class_requested(self.threshold, self.postprocess)   # refuses min_area_val with a global 'val' threshold
+    self.tta = check_tta(self.tta)
     if self.exp_name is not None and not _NAME_RE.match(self.exp_name):
         raise ConfigError(f"exp_name {self.exp_name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
     fam = _family(self.model)
@@ -285,6 +288,7 @@ def _used_params(self:ExperimentConfig) -> dict:
     if self.model == 'sam2_lora': keep |= set(_LORA)
     if self.trains: keep |= set(_TRAIN)
     if fam in ('yolo', 'pipeline'): keep.discard('augment')   # ultralytics augments by its own settings
+    if self.tta: keep.add('tta')   # only when on: the ids of runs without TTA stay as they were
     d = {k: v for k, v in self.to_dict().items() if k in keep}
     d['dataset_options'] = self.reader_options()
     d['postprocess'] = str(PostProcess.from_spec(self.postprocess))
@@ -303,7 +307,7 @@ def _params_hash(self:ExperimentConfig) -> str:
 
 def _train_key(self:ExperimentConfig) -> str:
     "Hash of the parameters training depends on."
-    return _key(self, _EVAL_ONLY + ('prompt_source',))
+    return _key(self, _EVAL_ONLY + ('prompt_source', 'tta'))   # TTA runs reuse the trained model
 
 def _inference_key(self:ExperimentConfig) -> str:
     "Hash of the parameters the saved probabilities depend on."
@@ -353,6 +357,7 @@ RESULT_COLUMNS = THESIS_COLUMNS + (
     'peak_memory_mb', 'memory_device', 'total_time_s', 'train_time_s', 'device', 'run_dir', 'per_image_csv', 'predictions_from',
     'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit')
 RESULT_COLUMNS += ('class_thresholds', 'class_min_areas') # per-class values calibrated on val (perclass), class 1 first
+RESULT_COLUMNS += ('tta',) # test-time augmentation (tta_label), empty without
 
 # %% ../nbs/50_experiment.ipynb #893ccd48
 def read_results(path:str|Path, # experiments.csv (or a results folder holding it)
@@ -564,6 +569,7 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
     fixed, metric = _threshold_spec(cfg)
     kw = _eval_kwargs(cfg, model)
     kw['prompt_source'] = detector_prompts(cfg, model, _num_classes(cfg, parts['test'])) if kw['prompt'] else 'gt'
+    model = with_tta(model, cfg.tta)   # flips the image and its prompts, averages the un-flipped probabilities
     pp, val = PostProcess.from_spec(cfg.postprocess), None
     per_class, thr_from, cal = per_class_requested(cfg.threshold, pp), 'fixed' if metric is None else f'val:{metric}', None
     if (metric is not None or per_class) and not len(parts['val']):
@@ -669,6 +675,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'predictions_from': predictions_from, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key,
            'inference_key': cfg.inference_key, 'defect_sam_version': package_version(), 'git_commit': git_commit()}
     row |= per_class_columns(test.extras.get('per_class_calibration'))
+    row['tta'] = tta_label(cfg.tta)
     assert list(row) == list(RESULT_COLUMNS), 'row keys follow RESULT_COLUMNS'
     return row
 
