@@ -89,6 +89,8 @@ class ExperimentConfig:
     exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
     skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
     tta: list|None = None # test-time augmentation: [hflip], [vflip] or [hflip, vflip] (the mean over the image and its flips: 2, 2 or 4 passes); None: off
+    ensemble: list|None = None # model 'ensemble': exp_ids of finished runs (in results_dir) whose saved val and test probabilities are averaged
+    ensemble_weights: list|None = None # model 'ensemble': one weight per run, normalised to sum 1; None: equal weights
 
     def __post_init__(self): self.validate()
 
@@ -174,7 +176,7 @@ def _check_threshold(t):
 
 def _trains(self:ExperimentConfig) -> bool:
     "Does this model train (everything except zero-shot SAM2)?"
-    return self.model != 'sam2_zeroshot'
+    return self.model not in ('sam2_zeroshot', 'ensemble')
 ExperimentConfig.trains = property(_trains)
 
 _SET_BY_EXPERIMENT = ('steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'seed', 'prompt', 'class_aware', 'augment', 'progress')
@@ -221,6 +223,9 @@ def _validate(self:ExperimentConfig):
     PostProcess.from_spec(self.postprocess)
     per_class_requested(self.threshold, self.postprocess)   # refuses min_area_val with a global 'val' threshold
     self.tta = check_tta(self.tta)
+    if self.model == 'ensemble' or self.ensemble is not None or self.ensemble_weights is not None:
+        from defect_sam.ensemble import check_ensemble_config
+        check_ensemble_config(self)
     if self.exp_name is not None and not _NAME_RE.match(self.exp_name):
         raise ConfigError(f"exp_name {self.exp_name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
     fam = _family(self.model)
@@ -289,6 +294,7 @@ def _used_params(self:ExperimentConfig) -> dict:
     if self.trains: keep |= set(_TRAIN)
     if fam in ('yolo', 'pipeline'): keep.discard('augment')   # ultralytics augments by its own settings
     if self.tta: keep.add('tta')   # only when on: the ids of runs without TTA stay as they were
+    if fam == 'ensemble': keep |= {'ensemble', 'ensemble_weights'}
     d = {k: v for k, v in self.to_dict().items() if k in keep}
     d['dataset_options'] = self.reader_options()
     d['postprocess'] = str(PostProcess.from_spec(self.postprocess))
@@ -358,6 +364,7 @@ RESULT_COLUMNS = THESIS_COLUMNS + (
     'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit')
 RESULT_COLUMNS += ('class_thresholds', 'class_min_areas') # per-class values calibrated on val (perclass), class 1 first
 RESULT_COLUMNS += ('tta',) # test-time augmentation (tta_label), empty without
+RESULT_COLUMNS += ('ensemble_members', 'ensemble_weights') # model 'ensemble': member exp_ids ('+'-joined) and weights
 
 # %% ../nbs/50_experiment.ipynb #893ccd48
 def read_results(path:str|Path, # experiments.csv (or a results folder holding it)
@@ -613,6 +620,9 @@ def rescore_saved(cfg:ExperimentConfig, parts:dict, source:Path, progress:bool=T
     if has_val: val = evaluate_saved(source/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
     test = evaluate_saved(source/'test', parts['test'], _eval_threshold(fixed), pp, progress=progress)
     if cal is not None: test.extras['per_class_calibration'] = cal
+    if cfg.model == 'ensemble':
+        from defect_sam.ensemble import ensemble_figures
+        test.extras['figures'] = ensemble_figures(source/'test', parts['test'], test, Path(cfg.results_dir)/cfg.exp_id/'test', cfg.n_figures)
     return val, test, fixed, thr_from
 
 # %% ../nbs/50_experiment.ipynb #35cd8ed9
@@ -676,6 +686,10 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'inference_key': cfg.inference_key, 'defect_sam_version': package_version(), 'git_commit': git_commit()}
     row |= per_class_columns(test.extras.get('per_class_calibration'))
     row['tta'] = tta_label(cfg.tta)
+    row |= {'ensemble_members': None, 'ensemble_weights': None}
+    if fam == 'ensemble':
+        from defect_sam.ensemble import ensemble_row_fields
+        row |= ensemble_row_fields(model_info, row)
     assert list(row) == list(RESULT_COLUMNS), 'row keys follow RESULT_COLUMNS'
     return row
 
@@ -748,9 +762,12 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
             parts = experiment_data(cfg)
             n = {k: len(v) for k, v in parts.items()}
             train_info, src_row, model_info = {}, None, {}
-            if cfg.skip_inference:
+            if cfg.skip_inference or cfg.model == 'ensemble':
                 stage = 'rescore'
-                source, src_row = _saved_source(cfg, run_dir)
+                if cfg.skip_inference: source, src_row = _saved_source(cfg, run_dir)
+                else:   # an ensemble: the mean of its members' saved probabilities, then scored like saved predictions
+                    from defect_sam.ensemble import average_saved_runs
+                    source = average_saved_runs(cfg, parts, run_dir, progress)
                 val, test, thr, thr_from = rescore_saved(cfg, parts, source, progress)
                 model_info = test.extras.get('model', {})
             else:
