@@ -27,6 +27,9 @@ def test_per_class_run_is_recorded_and_rescores_identically(tmp_path):
     assert s['test']['extras']['per_class_calibration']['class_thresholds'] == ths
     assert s['test']['extras']['postprocess']['class_min_areas'] == areas
     assert len(pd.read_csv(run/'per_class_calibration.csv')) == 4 * 19 * 14   # every candidate of every class
+    # the search's own scores are exact: their mean is the validation kaggle_dice of the values it chose
+    cal = s['test']['extras']['per_class_calibration']
+    assert s['validation']['summary']['kaggle_dice'] == pytest.approx(sum(cal['scores']) / 4, abs=1e-12)
     # applied unchanged to test: the saved test probabilities scored with the recorded values give the row
     test = experiment_data(ExperimentConfig(**cfg))['test']
     again = evaluate_saved(run/'test', test, 0.5, ClassPostProcess(class_thresholds=ths, class_min_areas=areas), progress=False)
@@ -47,3 +50,14 @@ def test_per_class_config_errors():
     with pytest.raises(ConfigError, match='maximises one of'): ExperimentConfig(**TINY, threshold='val_per_class:AUPRC')
     with pytest.raises(ConfigError, match='keep one'): ExperimentConfig(**TINY, postprocess='min50,min_area_val')
     ExperimentConfig(**TINY, threshold=0.4, postprocess='open3,min_area_val')   # areas searched at a fixed threshold
+
+
+def test_binary_run_is_one_class(tmp_path):
+    "Binary runs: one class, its threshold is the row's threshold; the objective is the run's mIoU, so the finer grid of 'val' does at least as well on val."
+    cfg = {**TINY, 'results_dir': str(tmp_path), 'threshold': 'val_per_class'}
+    pc = run_experiment(cfg, progress=False)
+    assert pc.row['threshold_from'] == 'val_per_class:mIoU' and pc.row['class_min_areas'] == '0'
+    assert pc.row['threshold'] == float(pc.row['class_thresholds'])
+    glob = run_experiment({**cfg, 'threshold': 'val', 'skip_inference': True}, progress=False)
+    assert glob.val.summary['mIoU'] >= pc.val.summary['mIoU'] - 1e-12
+    if glob.row['threshold'] == pc.row['threshold']: assert glob.row['test_mIoU'] == pytest.approx(pc.row['test_mIoU'])
