@@ -55,7 +55,7 @@ def config_from_args(ns:argparse.Namespace) -> ExperimentConfig:
 def build_parser() -> argparse.ArgumentParser:
     "The `defect-sam` argument parser."
     p = argparse.ArgumentParser(prog='defect-sam', description='SAM2, LoRA and baselines for industrial defect segmentation: experiments, grids, report.')
-    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,models,ensemble}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,models,ensemble,submission}')
     r = sub.add_parser('run', help='run one experiment (the notebook nbs/run_experiment.ipynb, or in-process)',
                        description='Run one experiment and add its row to <results_dir>/experiments.csv.')
     r.add_argument('--config', metavar='YAML', help='read parameters from this file first (e.g. a run\'s params.yaml)')
@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--postprocess', default='none', help="post-processing spec, e.g. 'min_area_val' (default: none)")
     e.add_argument('--exp-name', help='readable part of the run id (default: ensemble, dataset, seed)')
     e.add_argument('--n-figures', type=int, default=4, help='4-panel figures to save (default: 4)')
+    s = sub.add_parser('submission', help="write a class-aware run's test predictions as a Severstal submission.csv",
+                       description="The run's saved test probabilities with its recorded threshold and post-processing, as RLE per (image, class).")
+    s.add_argument('exp_id', metavar='EXP_ID', help='a finished class-aware run')
+    s.add_argument('--results-dir', default='results', help='its results folder (default: results)')
+    s.add_argument('--out', help='the CSV to write (default: <run_dir>/submission.csv)')
+    s.add_argument('--layout', default='ImageId,ClassId', choices=['ImageId,ClassId', 'ImageId_ClassId'], help='CSV layout (default: ImageId,ClassId)')
     return p
 
 # %% ../nbs/53_cli.ipynb #15cb4d9e
@@ -147,6 +153,11 @@ def _ensemble(ns) -> int:
           f"Dice {r['test_Dice']:.4f} ({r['threshold_from']}); row in {Path(ns.results_dir)/'experiments.csv'}")
     return 0
 
+def _submission(ns) -> int:
+    from defect_sam.submission import submission_from_run
+    print(f'wrote {submission_from_run(ns.exp_id, ns.results_dir, ns.out, ns.layout)}')
+    return 0
+
 def _models(ns) -> int:
     from defect_sam.models import list_models
     print(list_models().to_string(index=False))
@@ -155,7 +166,7 @@ def _models(ns) -> int:
 def main(argv:list|None=None) -> int: # arguments (default: sys.argv[1:])
     "The `defect-sam` command; returns the exit status."
     ns = build_parser().parse_args(argv)
-    try: return {'run': _run, 'grid': _grid, 'report': _report, 'models': _models, 'ensemble': _ensemble}[ns.command](ns)
+    try: return {'run': _run, 'grid': _grid, 'report': _report, 'models': _models, 'ensemble': _ensemble, 'submission': _submission}[ns.command](ns)
     except DefectSamError as e:
         if not isinstance(e, ConfigError): raise
         print(f'defect-sam {ns.command}: error: {e}', file=sys.stderr)

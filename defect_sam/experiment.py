@@ -695,7 +695,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
 
 def per_image_csv_name(cfg:ExperimentConfig, row:dict, when:dt.datetime|None=None) -> str:
     "`exp_{model}_{subset}_{prompt}_{imgsz}_{%Y%m%d-%H%M}.csv` (subset: the size, 'full', or 'zeroshot' without training)."
-    sub = (str(cfg.subset_size) if cfg.subset_size else 'full') if cfg.trains else 'zeroshot'
+    sub = (str(cfg.subset_size) if cfg.subset_size else 'full') if cfg.trains else 'zeroshot' if cfg.model != 'ensemble' else f'{len(cfg.ensemble)}runs'
     return f"exp_{cfg.model}_{sub}_{row['prompt_type'] or 'none'}_{row['img_size']}_{(when or dt.datetime.now()):%Y%m%d-%H%M}.csv"
 
 # %% ../nbs/50_experiment.ipynb #7cfc0e89

@@ -19,7 +19,7 @@ def test_ensemble_command(tmp_path, capsys):
     assert r.ensemble_members == f'{a}+{b}' and r.ensemble_weights == '0.5/0.5' and r.class_aware
     assert r.threshold_from == 'val_per_class:kaggle_dice' and len(r.class_min_areas.split('/')) == 4
     assert r.prompt_type == 'box+points_3' and r.prompt_source == 'gt' and r.weights == 'random'
-    assert (tmp_path/r.run_dir/'test'/'figures'/'metric_distributions.png').exists()
+    assert (tmp_path/r.run_dir/'test'/'figures'/'metric_distributions.png').exists() and 'exp_ensemble_2runs_' in r.per_image_csv
     assert main(['ensemble', a, 'no-such-run', '--results-dir', str(tmp_path)]) == 2
     assert "no such finished run" in capsys.readouterr().err
     assert main(['ensemble', a, b, '--weights', '1', '--results-dir', str(tmp_path)]) == 2

@@ -5,6 +5,7 @@ import csv
 import numpy as np
 import pytest
 
+from defect_sam.cli import main
 from defect_sam.experiment import run_experiment
 from defect_sam.submission import score_submission, submission_from_run
 from defect_sam.synthetic import make_synthetic
@@ -61,3 +62,12 @@ def test_kaggle_dice_is_the_competition_score(finished, layout):
     assert row['kaggle_dice'] == pytest.approx(mine, abs=1e-12)
     assert score_submission(sub, root/'train.csv', shape=(H, W)) == pytest.approx(mine, abs=1e-12)
     assert 0 < mine < 1   # a non-trivial case: some pairs right, some wrong
+
+
+def test_submission_command(finished, capsys):
+    root, res_dir, row = finished
+    out = res_dir/'cli.csv'
+    assert main(['submission', row['exp_id'], '--results-dir', str(res_dir), '--out', str(out), '--layout', 'ImageId_ClassId']) == 0
+    assert f'wrote {out}' in capsys.readouterr().out
+    assert score_submission(out, root/'train.csv', shape=(H, W)) == pytest.approx(row['kaggle_dice'], abs=1e-12)
+    assert main(['submission', 'no-such-run', '--results-dir', str(res_dir)]) == 2
