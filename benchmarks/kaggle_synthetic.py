@@ -1,8 +1,10 @@
 """The Severstal competition score of a tiny U-Net on SYNTHETIC data, without and with test-time augmentation and
 per-class calibration, side by side.
 
-    python benchmarks/kaggle_synthetic.py --steps 20 --n-images 30     # the measured run below: ~2 min CPU
-    python benchmarks/kaggle_synthetic.py                               # more images and steps: longer, less noisy
+    OMP_NUM_THREADS=1 python benchmarks/kaggle_synthetic.py --steps 300 --n-images 100 --height 32 --width 256
+                                                  # the measured run below: 2m10s CPU (7.8 min wall on a busy 2-core machine)
+
+(On a shared CPU, OMP_NUM_THREADS=1 avoids threads spinning against each other: it made training several times cheaper in CPU time here.)
 
 A synthetic steel set (4 defect classes) is written in the Severstal Kaggle layout (train.csv with RLE,
 train_images/), read back as dataset 'severstal', and a class-aware U-Net (ResNet34 encoder, random initialisation,
@@ -19,16 +21,20 @@ For every run the test split's submission.csv is written and scored against trai
 The numbers come from synthetic data and a briefly trained, randomly initialised model: they show what each step
 does to this one model, not what it does on Severstal.
 
-Measured (2 shared CPU cores, 1m53s CPU; --steps 20 --n-images 30: 18 train, 6 val, 6 test strips of 64x384; SYNTHETIC
-data, random-init U-Net trained 20 steps, so the test split holds only 24 (image, class) pairs: differences of one
-pair are 0.04):
+Measured (the command above; 60 train, 20 val, 20 test strips of 32x256; SYNTHETIC data, a random-init U-Net trained
+300 steps). The test split holds 80 (image, class) pairs, 12 of them with a defect, so one pair is 0.0125 and an
+all-empty submission already scores 0.8500 (printed as `all empty`):
 
-      run  kaggle_dice (test)  submission score  test_mIoU       thresholds  min areas
-     base              0.5417            0.5417     0.0000              0.5          -
-  thr:val              0.8750            0.8750     0.5000             0.68          -
-per-class              0.8983            0.8983     0.5647 0.5/0.5/0.5/0.35 0/50/0/800
-      TTA              0.8750            0.8750     0.5000              0.5          -
-TTA+class              0.8565            0.8565     0.3975 0.5/0.5/0.5/0.35  0/0/0/400
+      run  kaggle_dice (test)  submission score  test_mIoU       thresholds min areas
+     base              0.8514            0.8514     0.5027              0.5         -
+  thr:val              0.8597            0.8597     0.5215              0.1         -
+per-class              0.8624            0.8624     0.5300 0.5/0.05/0.5/0.5  0/10/0/0
+      TTA              0.8500            0.8500     0.5000              0.5         -
+TTA+class              0.8666            0.8666     0.5465 0.5/0.05/0.5/0.5   0/0/0/0
+
+Here the base model barely beats predicting nothing; a calibrated threshold adds 0.008, per-class thresholds and areas
+0.011, TTA alone nothing (-0.001), TTA with per-class calibration 0.015: one or two pairs of 80, so this shows the
+machinery, not an effect size. A thesis needs the real set (grids/thesis.yaml, sweep 6).
 """
 import argparse
 import tempfile
@@ -75,6 +81,10 @@ def main():
         rows.append({'run': name, 'kaggle_dice (test)': r['kaggle_dice'], 'submission score': score, 'test_mIoU': r['test_mIoU'],
                      'thresholds': r['class_thresholds'] or f"{r['threshold']:g}", 'min areas': r['class_min_areas'] or '-',
                      'seconds': time.perf_counter() - t0, 'train_time_s': r['train_time_s']})
+    empty = out/'submission_all_empty.csv'
+    sub_t = pd.read_csv(out/'submission_base.csv', dtype=str, keep_default_na=False).assign(EncodedPixels='')
+    sub_t.to_csv(empty, index=False)
+    rows.append({'run': 'all empty', 'kaggle_dice (test)': float('nan'), 'submission score': score_submission(empty, root/'train.csv', shape=(a.height, a.width))})
     t = pd.DataFrame(rows)
     with pd.option_context('display.width', 200, 'display.max_columns', None, 'display.float_format', '{:.4f}'.format):
         print(t.to_string(index=False))
