@@ -34,7 +34,7 @@ TTA+class              0.8666            0.8666     0.5465 0.5/0.05/0.5/0.5   0/
 
 Here the base model barely beats predicting nothing; a calibrated threshold adds 0.008, per-class thresholds and areas
 0.011, TTA alone nothing (-0.001), TTA with per-class calibration 0.015: one or two pairs of 80, so this shows the
-machinery, not an effect size. A thesis needs the real set (grids/thesis.yaml, sweep 6).
+machinery, not an effect size. A thesis needs the real set (grids/thesis.yaml, sweep 7).
 """
 import argparse
 import tempfile

@@ -55,7 +55,7 @@ def config_from_args(ns:argparse.Namespace) -> ExperimentConfig:
 def build_parser() -> argparse.ArgumentParser:
     "The `defect-sam` argument parser."
     p = argparse.ArgumentParser(prog='defect-sam', description='SAM2, LoRA and baselines for industrial defect segmentation: experiments, grids, report.')
-    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,models,ensemble,submission}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,models,export,predict,ensemble,submission}')
     r = sub.add_parser('run', help='run one experiment (the notebook nbs/run_experiment.ipynb, or in-process)',
                        description='Run one experiment and add its row to <results_dir>/experiments.csv.')
     r.add_argument('--config', metavar='YAML', help='read parameters from this file first (e.g. a run\'s params.yaml)')
@@ -81,6 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument('--compare', nargs=2, action='append', metavar=('A', 'B'),
                      help='a paired comparison of two runs (exp_ids or labels); repeatable (default: the two best)')
     sub.add_parser('models', help='list the registered models')
+    x = sub.add_parser('export', help="export a finished run's model (U-Net family, SAM2 with LoRA merged) as ONNX",
+                       description='Write <run_dir>/export/model.onnx (U-Nets) or sam2_encoder.onnx + sam2_decoder.onnx (SAM2), and export.json.')
+    x.add_argument('exp_id', metavar='EXP_ID', help='a finished run in the results folder')
+    x.add_argument('--format', default='onnx', choices=['onnx'], help='export format (default: onnx)')
+    x.add_argument('--results-dir', default='results', help='the results folder (default: results)')
+    x.add_argument('--out', help='folder to write to (default: <run_dir>/export)')
+    pr = sub.add_parser('predict', help='apply a finished run (or its ONNX export) to a folder of images',
+                        description='Write masks/<stem>.png (class index), submission.csv (class-aware models), errors.csv and predict.json; '
+                                    'exit 1 when some images could not be predicted (the others are still written).')
+    pr.add_argument('source', metavar='EXP_ID|MODEL.onnx', help='an exp_id, a U-Net .onnx file, or a SAM2 export folder')
+    pr.add_argument('images', metavar='IMAGES_DIR', help='folder of images (.png .jpg .jpeg .bmp .tif .tiff)')
+    pr.add_argument('--out', required=True, metavar='OUT_DIR', help='output folder')
+    pr.add_argument('--results-dir', default='results', help="the results folder of the run and of its gate (default: results)")
+    pr.add_argument('--csv-format', default='kaggle', choices=['kaggle', 'long'],
+                    help='submission.csv columns: kaggle (ImageId_ClassId,EncodedPixels) or long (ImageId,ClassId,EncodedPixels)')
+    pr.add_argument('--no-gate', action='store_true', help="do not apply the run's gate")
+    pr.add_argument('--device', default='cpu', help='torch device for exp_id sources (default: cpu)')
     e = sub.add_parser('ensemble', help='average the saved probabilities of finished runs, calibrate on val, add its row',
                        description='The weighted mean of the saved val and test probabilities of finished runs (no model is re-run), '
                                    'calibrated on val and scored like any run: one row with model "ensemble".')
@@ -145,6 +162,20 @@ def _report(ns) -> int:
         if f.ok and f.message: print(f'  note: {f.message}')
     return 0
 
+def _export(ns) -> int:
+    from defect_sam.export import export_run
+    for f in export_run(ns.results_dir, ns.exp_id, ns.out, ns.format): print(f)
+    return 0
+
+def _predict(ns) -> int:
+    from defect_sam.predict import load_predictor, predict_folder
+    pr = load_predictor(ns.source, ns.results_dir, ns.device, use_gate=not ns.no_gate)
+    if pr.record.get('weights') == 'random' or pr.record.get('dataset') == 'synthetic':
+        print(f"note: {pr.source} was trained from {pr.record.get('weights')} weights on {pr.record.get('dataset')} data", file=sys.stderr)
+    rep = predict_folder(pr, ns.images, ns.out, ns.csv_format)
+    print(rep)
+    for r in rep.errors.itertuples(): print(f'error: {r.file}: {r.error}', file=sys.stderr)
+    return 0 if rep.ok else 1
 def _ensemble(ns) -> int:
     from defect_sam.ensemble import run_ensemble
     r = run_ensemble(ns.exp_ids, ns.results_dir, ns.weights, threshold=ns.threshold, postprocess=ns.postprocess,
@@ -166,7 +197,8 @@ def _models(ns) -> int:
 def main(argv:list|None=None) -> int: # arguments (default: sys.argv[1:])
     "The `defect-sam` command; returns the exit status."
     ns = build_parser().parse_args(argv)
-    try: return {'run': _run, 'grid': _grid, 'report': _report, 'models': _models, 'ensemble': _ensemble, 'submission': _submission}[ns.command](ns)
+    try: return {'run': _run, 'grid': _grid, 'report': _report, 'models': _models, 'export': _export, 'predict': _predict,
+                 'ensemble': _ensemble, 'submission': _submission}[ns.command](ns)
     except DefectSamError as e:
         if not isinstance(e, ConfigError): raise
         print(f'defect-sam {ns.command}: error: {e}', file=sys.stderr)

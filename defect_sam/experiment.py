@@ -36,25 +36,28 @@ from .core import (ConfigError, DataError, atomic_write, git_commit, package_ver
                              seed_everything, write_json_atomic, write_text_atomic)
 from .data import DATASETS, _check_fractions, fewshot_subset, ids_hash, load_dataset, split_dataset
 from .evaluate import EvalResult, _jsonable, calibrate_saved, evaluate, evaluate_saved
-from .metrics import CALIBRATION_METRICS, EMPTY_CONVENTION, SUMMARY_KEYS, MemoryMonitor
+from .metrics import CALIBRATION_METRICS, EMPTY_CONVENTION, IMAGE_KEYS, IOU_AT, SUMMARY_KEYS, MemoryMonitor
 from .models import MODELS, build_model
 from .perclass import calibrate_per_class, live_postprocess, per_class_columns, per_class_metric, per_class_requested
 from .postprocess import PostProcess
 from .prompts import PROMPT_KINDS
 from .tta import check_tta, tta_label, with_tta
+from .transforms import Augment
+
 
 # %% auto #0
-__all__ = ['THESIS_COLUMNS', 'RESULT_COLUMNS', 'ExperimentConfig', 'field_comments', 'config_fields', 'coerce_value',
-           'train_config', 'parameters_source', 'read_results', 'append_result', 'manifest_dir', 'experiment_data',
-           'letterbox_box', 'build_experiment_model', 'resolve_path', 'detector_prompts', 'checkpoint_dir',
-           'train_experiment_model', 'validate_and_test', 'rescore_saved', 'results_row', 'per_image_csv_name',
-           'ExperimentResult', 'remove_result', 'run_status', 'run_experiment']
+__all__ = ['PROMPT_OPTIONS', 'THESIS_COLUMNS', 'RESULT_COLUMNS', 'PROMPT_REGIMES', 'ExperimentConfig', 'field_comments',
+           'config_fields', 'coerce_value', 'check_prompt_kwargs', 'train_config', 'parameters_source', 'read_results',
+           'append_result', 'manifest_dir', 'experiment_data', 'letterbox_box', 'build_experiment_model',
+           'resolve_path', 'detector_source', 'detector_prompts', 'checkpoint_dir', 'train_experiment_model',
+           'validate_and_test', 'rescore_saved', 'prompt_regime', 'augment_summary', 'results_row',
+           'per_image_csv_name', 'ExperimentResult', 'remove_result', 'run_status', 'run_experiment']
 
 # %% ../nbs/50_experiment.ipynb #3454a730
 @dataclass
 class ExperimentConfig:
     "One experiment run; the fields are the papermill parameters of `nbs/run_experiment.ipynb` and the options of `defect-sam run`."
-    model: str = 'sam2_lora' # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2
+    model: str = 'sam2_lora' # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2, gate (an image-level defect classifier)
     dataset: str = 'synthetic' # dataset kind: synthetic, severstal, supervisely, crack500, folder
     data_root: str|None = None # dataset folder (None: the cache folder, for synthetic and severstal)
     dataset_options: dict|None = None # reader options for load_dataset, e.g. {'images': 'img', 'masks': 'ann'}; None: the kind's defaults (synthetic: {'n_images': 40})
@@ -68,6 +71,9 @@ class ExperimentConfig:
     weights: str = 'auto' # auto (pretrained, downloaded on first use), random (untrained), or a checkpoint path
     prompt: str = 'box' # SAM2 prompt: box, points_1, points_3, points_5, full_image, grid
     prompt_source: str = 'gt' # where SAM2's box prompts come from: gt (the ground truth), or a YOLO detector checkpoint (.pt) or the exp_id of a finished yolo_det run
+    prompt_kwargs: dict|None = None # prompt options, the same for training, validation, calibration and test: expand_ratio, jitter, n_neg, min_area, neg_ring, per_component (None: make_prompts' defaults)
+    eval_prompt_seed: int|None = None # seed of the evaluation prompts (val, calibration, test), apart from the run seed so every model and seed is scored on the same prompts; None: split_seed
+    detector_img_size: int|None = None # detector prompts: the detector's input size; None: the size it was trained at (its run's row, or its checkpoint)
     lora_strategy: str = 'decoder' # LoRA targets: decoder, encoder_decoder, all
     lora_rank: int = 8 # LoRA rank r
     lora_alpha: float = 16 # LoRA scaling alpha
@@ -78,9 +84,9 @@ class ExperimentConfig:
     batch_size: int = 2 # images per step (and per evaluation call)
     grad_accum: int = 1 # micro-batches accumulated per optimizer step
     img_size: int = 512 # input side of the U-Nets and YOLO (letterboxed)
-    augment: dict|None = None # training augmentation of SAM2 and U-Nets: transforms.Augment options ({}: its defaults, random flips); None: none (a frozen SAM2 encoder then embeds each image once)
+    augment: dict|None = field(default_factory=dict) # training augmentation of every trainable model (SAM2, U-Nets, YOLO): transforms.Augment options; {}: random horizontal and vertical flips, as the reference studies train; None: none
     train_options: dict|None = None # other trainer options: TrainConfig fields for SAM2 and U-Nets (e.g. {val_every: 100, patience: 5, skeleton_weight: 0.5}), ultralytics train arguments for YOLO
-    seed: int = 42 # run seed: initialisation, augmentation, prompt sampling
+    seed: int = 42 # run seed: initialisation, augmentation, training prompts (evaluation prompts: eval_prompt_seed)
     threshold: float|str = 0.5 # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric; 'val_per_class[:<metric>]': one per class)
     postprocess: str = 'none' # post-processing spec: none, or steps such as 'open3,close3,fill,min50,crf' ('min_area_val': per-class minimum areas searched on val)
     n_figures: int = 4 # 4-panel figures saved per run
@@ -88,6 +94,7 @@ class ExperimentConfig:
     results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
     exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
     skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
+    gate: str|None = None # exp_id of a finished `model: gate` run on the same test images: images it calls defect-free get an empty prediction without a segmenter call; None: no gate
     tta: list|None = None # test-time augmentation: [hflip], [vflip] or [hflip, vflip] (the mean over the image and its flips: 2, 2 or 4 passes); None: off
     ensemble: list|None = None # model 'ensemble': exp_ids of finished runs (in results_dir) whose saved val and test probabilities are averaged
     ensemble_weights: list|None = None # model 'ensemble': one weight per run, normalised to sum 1; None: equal weights
@@ -180,6 +187,25 @@ def _trains(self:ExperimentConfig) -> bool:
 ExperimentConfig.trains = property(_trains)
 
 _SET_BY_EXPERIMENT = ('steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'seed', 'prompt', 'class_aware', 'augment', 'progress')
+_SET_BY_PROMPT_KWARGS = ('prompt_expand_ratio', 'prompt_n_neg', 'prompt_min_area', 'prompt_neg_ring', 'prompt_per_component',
+                         'val_prompt', 'val_prompt_kwargs', 'val_prompt_seed')
+PROMPT_OPTIONS = {'expand_ratio': 'float', 'jitter': 'float', 'n_neg': 'int', 'min_area': 'int', 'neg_ring': 'int',
+                  'per_component': 'bool'} # the `prompt_kwargs` a run may set, and their types
+
+def check_prompt_kwargs(pk:dict|None) -> dict: # the options, coerced
+    "`prompt_kwargs` checked (known names, types, ranges); raises `ConfigError` naming the option."
+    out = {}
+    for k, v in (pk or {}).items():
+        if k not in PROMPT_OPTIONS: raise ConfigError(f"prompt_kwargs: unknown option {k!r}; valid: {', '.join(PROMPT_OPTIONS)}")
+        out[k] = v = coerce_value(f'prompt_kwargs.{k}', v, PROMPT_OPTIONS[k])
+        low = {'expand_ratio': 0, 'jitter': 0, 'n_neg': 0, 'min_area': 1, 'neg_ring': 1}.get(k)
+        if low is not None and v < low: raise ConfigError(f"prompt_kwargs.{k} must be >= {low}, got {v}")
+    return dict(sorted(out.items()))
+
+def _eval_seed(self:ExperimentConfig) -> int:
+    "The seed of the evaluation prompts: `eval_prompt_seed`, else `split_seed`."
+    return self.split_seed if self.eval_prompt_seed is None else self.eval_prompt_seed
+ExperimentConfig.eval_seed = property(_eval_seed)
 
 def train_config(cfg:ExperimentConfig, # the experiment (a SAM2 or U-Net model)
                  progress:bool=True, # the training progress bar
@@ -189,10 +215,20 @@ def train_config(cfg:ExperimentConfig, # the experiment (a SAM2 or U-Net model)
     opts = dict(cfg.train_options or {})
     clash = sorted(set(opts) & set(_SET_BY_EXPERIMENT))
     if clash: raise ConfigError(f"train_options {clash}: set these with the experiment parameters of the same name")
+    clash = sorted(set(opts) & set(_SET_BY_PROMPT_KWARGS))
+    if clash: raise ConfigError(f"train_options {clash}: set prompt options with prompt_kwargs and the evaluation seed with "
+                                f"eval_prompt_seed, so that training, validation and test prompt alike")
     kw = dict(steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr, weight_decay=cfg.weight_decay,
               seed=cfg.seed, class_aware=cfg.class_aware, augment=cfg.augment, progress=progress)
-    if _family(cfg.model) == 'sam2': kw['prompt'] = cfg.prompt
+    if _family(cfg.model) == 'sam2':
+        pk = check_prompt_kwargs(cfg.prompt_kwargs)
+        if 'jitter' in pk and 'prompt_jitter' in opts:
+            raise ConfigError("the box jitter is set twice: in prompt_kwargs (training and evaluation) and in train_options prompt_jitter (training only)")
+        kw |= dict(prompt=cfg.prompt, val_prompt_kwargs=pk, val_prompt_seed=cfg.eval_seed, **{f'prompt_{k}': v for k, v in pk.items()})
     if not has_val and 'val_every' not in opts: kw['val_every'] = None
+    if _family(cfg.model) == 'gate':   # image labels as (B, C, 1, 1) logits: plain BCE; thresholds are calibrated after training
+        if opts.get('val_every') is not None: raise ConfigError("train_options val_every: a gate is not validated during training (val mIoU does not rank a classifier)")
+        kw |= {k: v for k, v in dict(val_every=None, dice_weight=0.0, focal_gamma=0.0).items() if k not in opts}
     try: return TrainConfig(**kw, **opts)
     except TypeError as e: raise ConfigError(f"train_options: {e}") from None
 
@@ -219,6 +255,11 @@ def _validate(self:ExperimentConfig):
     if self.prompt not in PROMPT_KINDS: raise ConfigError(f"unknown prompt {self.prompt!r}; valid prompts: {', '.join(PROMPT_KINDS)}")
     if not self.weights: raise ConfigError("weights must be 'auto', 'random' or a checkpoint path, got an empty string")
     if not self.prompt_source: raise ConfigError("prompt_source must be 'gt', a YOLO checkpoint path or an exp_id, got an empty string")
+    self.prompt_kwargs = check_prompt_kwargs(self.prompt_kwargs) or None
+    if self.eval_prompt_seed is not None and self.eval_prompt_seed < 0: raise ConfigError(f"eval_prompt_seed must be >= 0 or None, got {self.eval_prompt_seed}")
+    if self.detector_img_size is not None:
+        if self.detector_img_size < 32 or self.detector_img_size % 32: raise ConfigError(f"detector_img_size must be a multiple of 32 and >= 32, got {self.detector_img_size}")
+        if self.prompt_source == 'gt': raise ConfigError("detector_img_size is the input size of a prompt detector; it needs prompt_source (a detector)")
     _check_threshold(self.threshold)
     PostProcess.from_spec(self.postprocess)
     per_class_requested(self.threshold, self.postprocess)   # refuses min_area_val with a global 'val' threshold
@@ -236,7 +277,14 @@ def _validate(self:ExperimentConfig):
         from defect_sam.sam_lora import LORA_STRATEGIES
         if self.lora_strategy not in LORA_STRATEGIES:
             raise ConfigError(f"unknown LoRA strategy {self.lora_strategy!r}; valid: {', '.join(LORA_STRATEGIES)}")
-    if self.trains and fam in ('sam2', 'unet'): train_config(self)   # the trainer's own checks (train_options, prompt, augment)
+    if fam == 'gate':
+        if self.gate is not None: raise ConfigError("gate: a gate run cannot itself be gated")
+        if isinstance(self.threshold, str) and self.threshold not in ('val', 'val:F1'):
+            raise ConfigError(f"threshold={self.threshold!r}: a gate's thresholds are calibrated by image-level F1 ('val' or 'val:F1') or fixed (a number)")
+        if str(PostProcess.from_spec(self.postprocess)) != 'none': raise ConfigError("postprocess: a gate run has no masks to post-process; use 'none'")
+        if self.weights not in ('auto', 'random'): raise ConfigError(f"weights={self.weights!r}: a gate starts from 'auto' (ImageNet) or 'random' weights")
+    if self.gate is not None and not _NAME_RE.match(self.gate): raise ConfigError(f"gate={self.gate!r} is not an exp_id")
+    if self.trains and fam in ('sam2', 'unet', 'gate'): train_config(self)   # the trainer's own checks (train_options, prompt, augment)
     if self.prompt_source != 'gt' and fam != 'sam2':
         raise ConfigError(f"prompt_source={self.prompt_source!r}: detector prompts are for the SAM2 models; {self.model!r} takes no prompts")
     return self
@@ -274,7 +322,7 @@ ExperimentConfig.to_yaml = _to_yaml
 # %% ../nbs/50_experiment.ipynb #f51d1d16
 _EVAL_ONLY = ('threshold', 'postprocess') # parameters applied to saved probabilities
 _DATA = ('model', 'dataset', 'dataset_options', 'test_options', 'split', 'split_seed', 'class_aware', 'seed')
-_SAM = ('sam2_size', 'sam2_image_size', 'weights', 'prompt', 'prompt_source')
+_SAM = ('sam2_size', 'sam2_image_size', 'weights', 'prompt', 'prompt_source', 'prompt_kwargs', 'eval_prompt_seed', 'detector_img_size')
 _LORA = ('lora_strategy', 'lora_rank', 'lora_alpha', 'lora_dropout')
 _TRAIN = ('subset_size', 'lr', 'weight_decay', 'steps', 'batch_size', 'grad_accum', 'augment', 'train_options')
 
@@ -288,16 +336,18 @@ def _used_params(self:ExperimentConfig) -> dict:
     fam = _family(self.model)
     keep = set(_DATA) | set(_EVAL_ONLY)
     if fam == 'sam2': keep |= set(_SAM)
-    if fam in ('unet', 'yolo', 'pipeline'): keep |= {'img_size', 'weights'}
+    if fam in ('unet', 'yolo', 'pipeline', 'gate'): keep |= {'img_size', 'weights'}
     if fam == 'pipeline': keep |= {'sam2_size', 'sam2_image_size'}
     if self.model == 'sam2_lora': keep |= set(_LORA)
     if self.trains: keep |= set(_TRAIN)
-    if fam in ('yolo', 'pipeline'): keep.discard('augment')   # ultralytics augments by its own settings
+    if self.prompt_source == 'gt': keep.discard('detector_img_size')
     if self.tta: keep.add('tta')   # only when on: the ids of runs without TTA stay as they were
     if fam == 'ensemble': keep |= {'ensemble', 'ensemble_weights'}
     d = {k: v for k, v in self.to_dict().items() if k in keep}
+    if 'eval_prompt_seed' in d: d['eval_prompt_seed'] = self.eval_seed
     d['dataset_options'] = self.reader_options()
     d['postprocess'] = str(PostProcess.from_spec(self.postprocess))
+    if self.gate is not None: d['gate'] = self.gate   # only when set: runs without a gate keep their ids
     return d
 
 ExperimentConfig.reader_options = _reader_options
@@ -313,7 +363,7 @@ def _params_hash(self:ExperimentConfig) -> str:
 
 def _train_key(self:ExperimentConfig) -> str:
     "Hash of the parameters training depends on."
-    return _key(self, _EVAL_ONLY + ('prompt_source', 'tta'))   # TTA runs reuse the trained model
+    return _key(self, _EVAL_ONLY + ('prompt_source', 'gate', 'tta'))   # TTA runs reuse the trained model
 
 def _inference_key(self:ExperimentConfig) -> str:
     "Hash of the parameters the saved probabilities depend on."
@@ -325,6 +375,7 @@ def _exp_id(self:ExperimentConfig) -> str:
     parts = [self.model, self.dataset]
     if self.trains: parts.append(f'n{self.subset_size}' if self.subset_size else 'full')
     if _family(self.model) == 'sam2': parts.append(self.prompt if self.prompt_source == 'gt' else f'{self.prompt}-det')
+    if self.gate is not None: parts.append('gated')
     parts.append(f's{self.seed}')
     return '-'.join(parts + [self.params_hash[:8]])
 
@@ -358,13 +409,18 @@ THESIS_COLUMNS = ('exp_id', 'model', 'subset_size', 'variant', 'prompt_type', 'i
                   'seed', 'val_mIoU', 'val_Dice', 'test_mIoU', 'test_Dice', 'IoU@50', 'IoU@75', 'IoU@90', 'IoU@95',
                   'Precision', 'Recall', 'F1', 'AUPRC', 'avg_inference_time', 'ckpt_path', 'timestamp')
 RESULT_COLUMNS = THESIS_COLUMNS + (
-    'dataset', 'sam2_size', 'weights', 'lora_strategy', 'lora_rank', 'prompt_source', 'threshold', 'threshold_from',
-    'postprocess', 'class_aware', 'skeleton_IoU', 'kaggle_dice', 'pooled_IoU', 'pooled_Dice', 'n_train', 'n_val', 'n_test',
+    'prompt_regime', 'test_mIoU_defect', 'test_Dice_defect', 'IoU@50_defect', 'IoU@75_defect', 'IoU@90_defect', 'IoU@95_defect',
+    'image_precision', 'image_recall', 'image_F1', 'false_alarm_rate', 'image_AUROC',
+    'dataset', 'sam2_size', 'weights', 'lora_strategy', 'lora_rank', 'trainable_params', 'total_params', 'prompt_source',
+    'eval_prompt_seed', 'prompt_kwargs', 'detector_img_size', 'augment', 'threshold', 'threshold_from',
+    'postprocess', 'class_aware', 'skeleton_IoU', 'kaggle_dice', 'pooled_IoU', 'pooled_Dice', 'Precision_pooled', 'Recall_pooled',
+    'F1_pooled', 'n_train', 'n_val', 'n_test',
     'peak_memory_mb', 'memory_device', 'total_time_s', 'train_time_s', 'device', 'run_dir', 'per_image_csv', 'predictions_from',
-    'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit')
+    'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit', 'gate', 'gate_thresholds')
 RESULT_COLUMNS += ('class_thresholds', 'class_min_areas') # per-class values calibrated on val (perclass), class 1 first
 RESULT_COLUMNS += ('tta',) # test-time augmentation (tta_label), empty without
 RESULT_COLUMNS += ('ensemble_members', 'ensemble_weights') # model 'ensemble': member exp_ids ('+'-joined) and weights
+
 
 # %% ../nbs/50_experiment.ipynb #893ccd48
 def read_results(path:str|Path, # experiments.csv (or a results folder holding it)
@@ -461,6 +517,10 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
     if fam == 'yolo':
         return build_model(cfg.model, weights=None if cfg.weights == 'random' else cfg.weights, imgsz=cfg.img_size,
                            device=cfg.device, num_classes=nc, seed=cfg.seed, batch_size=cfg.batch_size)
+    if fam == 'gate':
+        shape = train_ds[0].shape if train_ds is not None and len(train_ds) else (cfg.img_size, cfg.img_size)
+        return build_model(cfg.model, num_classes=nc, img_size=letterbox_box(cfg.img_size, shape), device=cfg.device, seed=cfg.seed,
+                           batch_size=cfg.batch_size, encoder_weights='imagenet' if cfg.weights == 'auto' else None)
     if fam == 'pipeline':   # weights: SAM2's; the detector starts from COCO weights unless weights='random'
         det = build_model('yolo_det', weights=None if cfg.weights == 'random' else 'auto', imgsz=cfg.img_size, device=cfg.device,
                           num_classes=nc, seed=cfg.seed, batch_size=cfg.batch_size)
@@ -480,24 +540,36 @@ def resolve_path(results_dir:str|Path, p) -> Path|None:
     p = Path(p)
     return p if p.is_absolute() else Path(results_dir)/p
 
-def detector_prompts(cfg:ExperimentConfig, # prompt_source names the detector
-                     sam, # the SAM2 segmenter the boxes will prompt
-                     num_classes:int=1): # defect classes of the evaluation
-    "'gt', or a callable image -> Prompts made of a YOLO detector's boxes."
-    if cfg.prompt_source == 'gt': return 'gt'
+def detector_source(cfg:ExperimentConfig, # prompt_source names the detector (not 'gt')
+                   ) -> tuple: # (checkpoint path, ultralytics task, input size, where the size came from)
+    "The prompt detector of `cfg`: its checkpoint, task and the image size it predicts at (its training size unless overridden)."
     src = cfg.prompt_source
-    p = Path(src).expanduser()
+    p, size, size_from = Path(src).expanduser(), cfg.detector_img_size, 'detector_img_size'
     if p.suffix != '.pt':
         row = _finished_row(cfg.results_dir, src)
         if row is None: raise ConfigError(f"prompt_source={src!r} is neither a .pt checkpoint nor the exp_id of a run in {Path(cfg.results_dir)/'experiments.csv'}")
         if row['model'] not in ('yolo_det', 'yolo_seg'): raise ConfigError(f"prompt_source={src!r} is a {row['model']} run, not a YOLO detector")
         p = resolve_path(cfg.results_dir, row['ckpt_path'])
         if p is None: raise DataError(f"run {src!r} recorded no checkpoint")
+        if size is None and not pd.isna(row.get('img_size')): size, size_from = int(row['img_size']), f'run {src}'
     if not p.is_file(): raise DataError(f"prompt_source: detector checkpoint {p} not found")
     from ultralytics import YOLO
+    y = YOLO(str(p))
+    if size is None:
+        size = ((getattr(y, 'ckpt', None) or {}).get('train_args') or {}).get('imgsz')
+        if size is None: raise DataError(f"prompt_source: {p} does not record the image size it was trained at; give detector_img_size")
+        size, size_from = int(size), f'{p.name} train_args'
+    return p, y.task, int(size), size_from
+
+def detector_prompts(cfg:ExperimentConfig, # prompt_source names the detector
+                     sam, # the SAM2 segmenter the boxes will prompt
+                     num_classes:int=1): # defect classes of the evaluation
+    "'gt', or a callable image -> Prompts made of a YOLO detector's boxes, predicted at the detector's own size."
+    if cfg.prompt_source == 'gt': return 'gt'
     from defect_sam.yolo import YoloSam2
-    task = YOLO(str(p)).task
-    det = build_model('yolo_det' if task == 'detect' else 'yolo_seg', weights=str(p), num_classes=num_classes, device=cfg.device)
+    p, task, size, _ = detector_source(cfg)
+    det = build_model('yolo_det' if task == 'detect' else 'yolo_seg', weights=str(p), num_classes=num_classes, device=cfg.device,
+                      imgsz=size)
     return YoloSam2(det, sam).prompts
 
 # %% ../nbs/50_experiment.ipynb #70478b24
@@ -529,8 +601,11 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
             else:
                 res = asdict(model.train(parts['train'], parts['val'], lr=cfg.lr, steps=cfg.steps, batch=cfg.batch_size,
                                          imgsz=cfg.img_size, out_dir=out/'yolo', seed=cfg.seed, device=cfg.device,
-                                         **(cfg.train_options or {})))
-            info = {'ckpt_path': res['weights'], 'wd': None, 'trainer': 'ultralytics', 'epochs': res['epochs'], 'train': res}
+                                         augment=cfg.augment, **(cfg.train_options or {})))
+            from defect_sam.yolo import yolo_augment_args
+            aug = {k: res['args'][k] for k in yolo_augment_args(None) if k in res['args']}
+            info = {'ckpt_path': res['weights'], 'wd': None, 'trainer': 'ultralytics', 'epochs': res['epochs'], 'train': res,
+                    'augment': ','.join(f'{k}={v:g}' for k, v in aug.items() if v) or 'none'}
         elif getattr(model, 'trainable', False):
             from defect_sam.train import train
             has_val = len(parts['val']) > 0
@@ -538,6 +613,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
             res = train(model, parts['train'], parts['val'] if has_val else None, tc, out, resume=True)
             wd = tc.weight_decay if tc.weight_decay is not None else model.default_weight_decay
             info = {'ckpt_path': str(res.best_checkpoint or res.last_checkpoint), 'wd': wd, 'trainer': 'defect_sam.train',
+                    'augment': augment_summary(tc.augment),
                     'train': {'steps': res.steps, 'stop_reason': res.stop_reason, 'best': res.best_metrics,
                               'best_checkpoint': str(res.best_checkpoint) if res.best_checkpoint else None,
                               'last_checkpoint': str(res.last_checkpoint), 'skipped_steps': res.skipped_steps,
@@ -554,8 +630,10 @@ def _threshold_spec(cfg:ExperimentConfig) -> tuple:
     return None, (cfg.threshold.split(':', 1)[1] if ':' in cfg.threshold else 'mIoU')
 
 def _eval_kwargs(cfg:ExperimentConfig, model) -> dict:
+    "How every split is evaluated: the same prompts (kind, options, seed) for every model and run seed."
     prompted = bool(getattr(model, 'needs_prompts', False))
-    return dict(prompt=cfg.prompt if prompted else None, class_aware=cfg.class_aware, seed=cfg.seed, batch_size=cfg.batch_size)
+    return dict(prompt=cfg.prompt if prompted else None, class_aware=cfg.class_aware, seed=cfg.eval_seed, batch_size=cfg.batch_size,
+                prompt_kwargs=cfg.prompt_kwargs if prompted else None)
 
 def _per_class_val(cfg:ExperimentConfig, val_dir:Path, val_ds, progress:bool) -> tuple:
     "(ClassPostProcess, row threshold, threshold_from, calibration dict) searched on the saved predictions in `val_dir`."
@@ -573,10 +651,16 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
                       run_dir:Path, # the run's folder: val/ and test/ are written in it
                       progress:bool=True) -> tuple: # (val EvalResult or None, test EvalResult, threshold, threshold_from)
     "Choose the threshold (fixed or calibrated on val), score val at it, then evaluate the test split."
+    if _family(cfg.model) == 'gate':
+        from defect_sam.gate import gate_validate_and_test
+        return gate_validate_and_test(cfg, model, parts, run_dir, progress)
+    model = with_tta(model, cfg.tta)   # flips the image and its prompts, averages the un-flipped probabilities (inside the gate)
+    if cfg.gate is not None:
+        from defect_sam.gate import gated
+        model = gated(cfg, model, parts)
     fixed, metric = _threshold_spec(cfg)
     kw = _eval_kwargs(cfg, model)
     kw['prompt_source'] = detector_prompts(cfg, model, _num_classes(cfg, parts['test'])) if kw['prompt'] else 'gt'
-    model = with_tta(model, cfg.tta)   # flips the image and its prompts, averages the un-flipped probabilities
     pp, val = PostProcess.from_spec(cfg.postprocess), None
     per_class, thr_from, cal = per_class_requested(cfg.threshold, pp), 'fixed' if metric is None else f'val:{metric}', None
     if (metric is not None or per_class) and not len(parts['val']):
@@ -642,6 +726,46 @@ def _weights_kind(info:dict) -> str:
 
 def _nan_if(cond, v): return v if cond else None
 
+PROMPT_REGIMES = {
+    'oracle': 'prompts made from the ground truth: the upper bound of prompting (a defect-free image gets no prompt, so it scores 1 for free)',
+    'automatic': 'prompts a deployed system makes without the ground truth: detector boxes, the whole-image box, a point grid',
+    'none': 'a prompt-free model: it sees every image and pays for every false alarm'}
+
+def _missing(v) -> bool: return v is None or (isinstance(v, float) and math.isnan(v))
+
+def prompt_regime(model:str, # a registered model name
+                  prompt:str|None=None, # the prompt kind (a config's `prompt`, a row's `prompt_type`); None: no prompt
+                  prompt_source:str|None='gt', # 'gt', a detector (config), or a row's 'gt' / 'detector:...'
+                 ) -> str: # oracle | automatic | none
+    "How a run's model was prompted, from a config's fields or a results row's columns (see `PROMPT_REGIMES`)."
+    fam = MODELS[model].family if model in MODELS else None
+    if fam == 'pipeline': return 'automatic'
+    if fam != 'sam2' or _missing(prompt): return 'none'
+    src = 'gt' if _missing(prompt_source) else str(prompt_source)
+    return 'automatic' if prompt in ('full_image', 'grid') or src != 'gt' else 'oracle'
+
+def augment_summary(augment:dict|None) -> str:
+    "What an augmentation does, short: 'hflip=0.5,vflip=0.5' (the active transforms and their settings), or 'none'."
+    if augment is None: return 'none'
+    a = asdict(Augment(**augment))
+    extra = {'elastic': ('elastic_alpha', 'elastic_sigma'), 'noise': ('noise_std',), 'blur': ('blur_sigma',),
+             'brightness_contrast': ('brightness', 'contrast')}
+    on = [k for k in ('hflip', 'vflip', 'elastic', 'noise', 'blur', 'brightness_contrast') if a[k] > 0]
+    return ','.join(f'{k}={a[k]:g}' + ''.join(f',{e}={a[e]}' for e in extra.get(k, ())) for k in on) or 'none'
+
+def _param_counts(info:dict, trains:bool) -> tuple:
+    "(trainable, total) parameters from `model.info()`; trainable is 0 for a model that was not trained."
+    if 'detector' in info:   # YOLO->SAM2: the detector trains, SAM2 does not
+        d, s = info['detector'], info.get('sam') or {}
+        return (d.get('params_total') if trains else 0), (d.get('params_total') or 0) + (s.get('params_total') or 0) or None
+    total = info.get('params_total')
+    return (info.get('trainable_params', info.get('params_trainable', total)) if trains else 0), total
+
+def _gate_thresholds(test:EvalResult) -> str|None:
+    "The gate thresholds of a gate run or a gated run, as JSON (one per gate class)."
+    g = test.extras.get('gate') or test.extras.get('model', {}).get('gate')
+    return json.dumps(g['thresholds']) if g else None
+
 def results_row(cfg:ExperimentConfig, # the experiment
                 test:EvalResult, # test-split evaluation
                 val:EvalResult|None, # validation-split evaluation (None without a val split)
@@ -658,6 +782,9 @@ def results_row(cfg:ExperimentConfig, # the experiment
     fam, s, tr = _family(cfg.model), test.summary, cfg.trains
     sam = fam in ('sam2', 'pipeline')
     prompted = fam == 'sam2' or fam == 'pipeline'
+    regime = prompt_regime(cfg.model, cfg.prompt if fam == 'sam2' else None, cfg.prompt_source)
+    trainable, total = _param_counts(model_info, tr)
+    det_size = detector_source(cfg)[2] if fam == 'sam2' and cfg.prompt_source != 'gt' else None
     cuda = memory.get('cuda_max_allocated_mb')
     row = {'exp_id': cfg.exp_id, 'model': cfg.model, 'subset_size': _nan_if(tr, n['train']), 'variant': _variant(cfg, model_info),
            'prompt_type': ('box' if fam == 'pipeline' else cfg.prompt) if prompted else None,
@@ -670,20 +797,31 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'avg_inference_time': test.extras['timing']['time_per_image_s'],
            'ckpt_path': _rel(train_info.get('ckpt_path'), cfg.results_dir) if train_info.get('ckpt_path') else None,
            'timestamp': dt.datetime.now().isoformat(timespec='seconds'),
+           'prompt_regime': regime, 'test_mIoU_defect': s['mIoU_defect'], 'test_Dice_defect': s['mDice_defect'],
+           **{f'{k}_defect': s[f'{k}_defect'] for k in IOU_AT},
+           **{k: None if regime == 'oracle' else s[k] for k in IMAGE_KEYS},   # the oracle prompt gives the answer away
+           'image_AUROC': test.extras.get('image_level', {}).get('AUROC'),
            'dataset': cfg.dataset, 'sam2_size': cfg.sam2_size if sam else None, 'weights': _weights_kind(model_info),
            'lora_strategy': cfg.lora_strategy if cfg.model == 'sam2_lora' else None,
            'lora_rank': cfg.lora_rank if cfg.model == 'sam2_lora' else None,
+           'trainable_params': trainable, 'total_params': total,
            'prompt_source': ('gt' if cfg.prompt_source == 'gt' else f'detector:{cfg.prompt_source}') if fam == 'sam2' else
                             ('yolo_det' if fam == 'pipeline' else None),
+           'eval_prompt_seed': cfg.eval_seed if fam == 'sam2' else None,
+           'prompt_kwargs': json.dumps(cfg.prompt_kwargs, sort_keys=True) if fam == 'sam2' and cfg.prompt_kwargs else None,
+           'detector_img_size': det_size, 'augment': train_info.get('augment') if tr else None,
            'threshold': threshold, 'threshold_from': threshold_from, 'postprocess': str(PostProcess.from_spec(cfg.postprocess)),
-           'class_aware': cfg.class_aware, 'skeleton_IoU': s['skeleton_IoU'], 'kaggle_dice': s['kaggle_dice'],
+           'class_aware': cfg.class_aware, 'skeleton_IoU': s['skeleton_IoU'],
+           'kaggle_dice': s['kaggle_dice'] if cfg.class_aware else None,   # the competition metric needs per-class masks
            'pooled_IoU': s['pooled_IoU'], 'pooled_Dice': s['pooled_Dice'],
+           **{k: s[k] for k in ('Precision_pooled', 'Recall_pooled', 'F1_pooled')},
            'n_train': n['train'] if tr else 0, 'n_val': n['val'], 'n_test': n['test'],
            'peak_memory_mb': cuda if cuda is not None else memory.get('peak_rss_mb'), 'memory_device': 'cuda' if cuda is not None else 'cpu',
            'total_time_s': total_s, 'train_time_s': train_info.get('train_time_s'), 'device': cfg.device,
            'run_dir': _rel(run_dir, cfg.results_dir), 'per_image_csv': _rel(per_image_csv, cfg.results_dir),
            'predictions_from': predictions_from, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key,
-           'inference_key': cfg.inference_key, 'defect_sam_version': package_version(), 'git_commit': git_commit()}
+           'inference_key': cfg.inference_key, 'defect_sam_version': package_version(), 'git_commit': git_commit(),
+           'gate': cfg.gate, 'gate_thresholds': _gate_thresholds(test)}
     row |= per_class_columns(test.extras.get('per_class_calibration'))
     row['tta'] = tta_label(cfg.tta)
     row |= {'ensemble_members': None, 'ensemble_weights': None}
@@ -772,6 +910,9 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
                 model_info = test.extras.get('model', {})
             else:
                 stage = 'model'
+                if cfg.gate is not None:   # a gate from another split fails here, before any training
+                    from defect_sam.gate import check_gate
+                    check_gate(cfg, parts)
                 model = build_experiment_model(cfg, parts['train'])
                 if cfg.trains:
                     stage = 'train'
@@ -785,7 +926,8 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
         csv_path = run_dir/'per_image.csv'   # named below, once the row is known
         row = results_row(cfg, test, val, thr, thr_from, train_info, model_info, n, mon.results(), total, run_dir, csv_path)
         if src_row is not None:   # the model's own facts come from the run that made the predictions
-            for k in ('avg_inference_time', 'peak_memory_mb', 'memory_device', 'train_time_s', 'ckpt_path', 'total_time_s'):
+            for k in ('avg_inference_time', 'peak_memory_mb', 'memory_device', 'train_time_s', 'ckpt_path', 'total_time_s', 'augment',
+                      'trainable_params'):
                 row[k] = src_row.get(k)
             row['predictions_from'] = src_row.get('exp_id')
         csv_path = run_dir/per_image_csv_name(cfg, row, now)

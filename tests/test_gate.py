@@ -1,0 +1,104 @@
+"""The image-level gate in experiments: a gate run's row, and a gated U-Net run that never calls the segmenter on the
+images the gate calls defect-free (tiny CPU settings: random weights, 2 steps, a 12-image synthetic set)."""
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from defect_sam.core import ConfigError
+from defect_sam.experiment import ExperimentConfig, experiment_data, read_results, run_experiment
+
+BASE = dict(weights='random', img_size=64, device='cpu', n_figures=0, steps=2, batch_size=2,
+            dataset_options={'n_images': 12, 'height': 32, 'width': 128}, split=[0.5, 0.25, 0.25])
+
+
+def _h(im): return hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def gate_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp('gate')
+    return run_experiment({**BASE, 'model': 'gate', 'threshold': 'val', 'results_dir': str(d)}, progress=False), d
+
+
+def test_gate_run_row(gate_run):
+    g, d = gate_run
+    row = read_results(d).set_index('exp_id').loc[g.row['exp_id']]
+    rec = json.loads((g.run_dir/'gate.json').read_text())
+    assert row['model'] == 'gate' and row['threshold_from'] == 'val:image_F1' and pd.isna(row['gate'])
+    assert json.loads(row['gate_thresholds']) == rec['thresholds'] and len(rec['thresholds']) == 1
+    lvl = g.test.extras['image_level']
+    assert set(lvl) >= {'precision', 'recall', 'F1', 'AUROC', 'false_alarm_rate'}
+    assert lvl['tp'] + lvl['fp'] + lvl['fn'] + lvl['tn'] == row['n_test']
+    assert row['image_AUROC'] == pytest.approx(lvl['AUROC'], nan_ok=True)
+    # the decision masks cover the whole image exactly where the gate calls a defect
+    t = g.test.table
+    assert ((t.pred_area > 0) == t.pred_defect).all() and int(t.pred_defect.sum()) == lvl['tp'] + lvl['fp']
+
+
+def test_gated_run_never_calls_the_segmenter_on_gated_images(gate_run, monkeypatch):
+    from defect_sam.baselines import SmpSegmenter
+    from defect_sam.gate import dataset_image_probs, load_gate_run
+    g, d = gate_run
+    gid = g.row['exp_id']
+    cfg = ExperimentConfig(**{**BASE, 'model': 'unet', 'gate': gid, 'results_dir': str(d)})
+    test = experiment_data(cfg)['test']
+    gate, rec = load_gate_run(d, gid)
+    p, _ = dataset_image_probs(gate, test)
+    # a threshold between the test images' probabilities, so that the gate passes some and removes the others
+    thr = float(np.sort(p[:, 0])[len(p) // 2])
+    rec['thresholds'] = [thr]
+    (g.run_dir/'gate.json').write_text(json.dumps(rec))
+    clean = {_h(s.image) for s, pk in zip(test, p[:, 0]) if pk < thr}
+    passed = {_h(s.image) for s, pk in zip(test, p[:, 0]) if pk >= thr}
+    assert clean and passed
+    seen, orig = [], SmpSegmenter.predict_batch
+    def spy(self, images, prompts=None):
+        seen.extend(_h(im) for im in images)
+        return orig(self, images, prompts)
+    monkeypatch.setattr(SmpSegmenter, 'predict_batch', spy)
+    u = run_experiment(cfg, progress=False)
+    assert not clean & set(seen) and passed <= set(seen)
+    t = u.test.table.set_index('id')
+    for s, pk in zip(test, p[:, 0]):
+        if pk < thr: assert t.loc[s.id, 'pred_area'] == 0
+    assert u.row['gate'] == gid and json.loads(u.row['gate_thresholds']) == [thr] and '-gated-' in u.row['exp_id']
+    assert u.test.extras['model']['gate']['n_gated'] >= len(clean)
+    # defect-sam predict applies the run's gate: the images it calls clean get empty masks, and predict.json records it
+    import cv2
+    from defect_sam.predict import load_predictor, predict_folder
+    imgs = d/'gated_images'; imgs.mkdir(exist_ok=True)
+    for s in test: cv2.imwrite(str(imgs/f'{s.id}.png'), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+    seen.clear()
+    rep = predict_folder(load_predictor(u.row['exp_id'], d), imgs, d/'gated_out', progress=False)
+    assert rep.ok and not clean & set(seen) and passed <= set(seen)
+    for s, pk in zip(test, p[:, 0]):
+        if pk < thr: assert not cv2.imread(str(d/'gated_out'/'masks'/f'{s.id}.png'), cv2.IMREAD_UNCHANGED).any()
+    g_info = json.loads((d/'gated_out'/'predict.json').read_text())['gate']
+    assert (g_info['exp_id'], g_info['thresholds']) == (gid, [thr])
+    ungated = ExperimentConfig(**{**BASE, 'model': 'unet', 'results_dir': str(d)})
+    assert cfg.train_key == ungated.train_key and cfg.inference_key != ungated.inference_key   # training is shared
+
+
+def test_gate_from_another_split_is_refused(gate_run):
+    g, d = gate_run
+    with pytest.raises(ConfigError, match='other test images'):
+        run_experiment({**BASE, 'model': 'unet', 'gate': g.row['exp_id'], 'split': [0.6, 0.2, 0.2], 'results_dir': str(d)}, progress=False)
+    with pytest.raises(ConfigError, match='not a gate run|no finished run'):
+        run_experiment({**BASE, 'model': 'unet', 'gate': 'no-such-run', 'results_dir': str(d)}, progress=False)
+    with pytest.raises(ConfigError, match='cannot itself be gated'):
+        ExperimentConfig(**{**BASE, 'model': 'gate', 'gate': g.row['exp_id']})
+
+
+def test_thesis_grid_gates_its_gate_sweep_run():
+    from pathlib import Path
+    from defect_sam.grid import expand_grid
+    runs = expand_grid(Path(__file__).resolve().parent.parent/'grids'/'thesis.yaml')
+    gate = [r for r in runs if r.sweep == 'gate']
+    gated = [r for r in runs if r.sweep == 'gated']
+    assert len(gate) == 1 and gate[0].config.threshold == 'val' and len(gated) == 9
+    assert {r.config.gate for r in gated} == {gate[0].exp_id}   # the literal id in the YAML is the gate sweep's run
+    for r in gated:   # each gated run reuses the training of an ungated run of the grid
+        assert [x for x in runs if x.config.gate is None and x.config.train_key == r.config.train_key]
