@@ -38,9 +38,12 @@ from .data import DATASETS, _check_fractions, fewshot_subset, ids_hash, load_dat
 from .evaluate import EvalResult, _jsonable, calibrate_saved, evaluate, evaluate_saved
 from .metrics import CALIBRATION_METRICS, EMPTY_CONVENTION, IMAGE_KEYS, IOU_AT, SUMMARY_KEYS, MemoryMonitor
 from .models import MODELS, build_model
+from .perclass import calibrate_per_class, live_postprocess, per_class_columns, per_class_metric, per_class_requested
 from .postprocess import PostProcess
 from .prompts import PROMPT_KINDS
+from .tta import check_tta, tta_label, with_tta
 from .transforms import Augment
+
 
 # %% auto #0
 __all__ = ['PROMPT_OPTIONS', 'THESIS_COLUMNS', 'RESULT_COLUMNS', 'PROMPT_REGIMES', 'ExperimentConfig', 'field_comments',
@@ -84,14 +87,17 @@ class ExperimentConfig:
     augment: dict|None = field(default_factory=dict) # training augmentation of every trainable model (SAM2, U-Nets, YOLO): transforms.Augment options; {}: random horizontal and vertical flips, as the reference studies train; None: none
     train_options: dict|None = None # other trainer options: TrainConfig fields for SAM2 and U-Nets (e.g. {val_every: 100, patience: 5, skeleton_weight: 0.5}), ultralytics train arguments for YOLO
     seed: int = 42 # run seed: initialisation, augmentation, training prompts (evaluation prompts: eval_prompt_seed)
-    threshold: float|str = 0.5 # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric)
-    postprocess: str = 'none' # post-processing spec: none, or steps such as 'open3,close3,fill,min50,crf'
+    threshold: float|str = 0.5 # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric; 'val_per_class[:<metric>]': one per class)
+    postprocess: str = 'none' # post-processing spec: none, or steps such as 'open3,close3,fill,min50,crf' ('min_area_val': per-class minimum areas searched on val)
     n_figures: int = 4 # 4-panel figures saved per run
     device: str = 'auto' # torch device: auto (cuda when available), cpu, cuda, cuda:1, ...
     results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
     exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
     skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
     gate: str|None = None # exp_id of a finished `model: gate` run on the same test images: images it calls defect-free get an empty prediction without a segmenter call; None: no gate
+    tta: list|None = None # test-time augmentation: [hflip], [vflip] or [hflip, vflip] (the mean over the image and its flips: 2, 2 or 4 passes); None: off
+    ensemble: list|None = None # model 'ensemble': exp_ids of finished runs (in results_dir) whose saved val and test probabilities are averaged
+    ensemble_weights: list|None = None # model 'ensemble': one weight per run, normalised to sum 1; None: equal weights
 
     def __post_init__(self): self.validate()
 
@@ -169,14 +175,15 @@ def _check_threshold(t):
     if isinstance(t, float):
         if not 0 <= t <= 1: raise ConfigError(f"threshold must lie in [0, 1] or be 'val', got {t}")
         return
+    if per_class_metric(t) is not None: return   # 'val_per_class[:<metric>]': one threshold per class (perclass)
     m = re.fullmatch(r'val(?::(.+))?', t)
-    if not m: raise ConfigError(f"threshold must be a number in [0, 1], 'val' or 'val:<metric>', got {t!r}")
+    if not m: raise ConfigError(f"threshold must be a number in [0, 1], 'val', 'val:<metric>' or 'val_per_class[:<metric>]', got {t!r}")
     if m[1] is not None and m[1] not in CALIBRATION_METRICS:
         raise ConfigError(f"threshold {t!r}: cannot calibrate for {m[1]!r}; metrics: {', '.join(CALIBRATION_METRICS)}")
 
 def _trains(self:ExperimentConfig) -> bool:
     "Does this model train (everything except zero-shot SAM2)?"
-    return self.model != 'sam2_zeroshot'
+    return self.model not in ('sam2_zeroshot', 'ensemble')
 ExperimentConfig.trains = property(_trains)
 
 _SET_BY_EXPERIMENT = ('steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'seed', 'prompt', 'class_aware', 'augment', 'progress')
@@ -255,6 +262,11 @@ def _validate(self:ExperimentConfig):
         if self.prompt_source == 'gt': raise ConfigError("detector_img_size is the input size of a prompt detector; it needs prompt_source (a detector)")
     _check_threshold(self.threshold)
     PostProcess.from_spec(self.postprocess)
+    per_class_requested(self.threshold, self.postprocess)   # refuses min_area_val with a global 'val' threshold
+    self.tta = check_tta(self.tta)
+    if self.model == 'ensemble' or self.ensemble is not None or self.ensemble_weights is not None:
+        from defect_sam.ensemble import check_ensemble_config
+        check_ensemble_config(self)
     if self.exp_name is not None and not _NAME_RE.match(self.exp_name):
         raise ConfigError(f"exp_name {self.exp_name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
     fam = _family(self.model)
@@ -329,6 +341,8 @@ def _used_params(self:ExperimentConfig) -> dict:
     if self.model == 'sam2_lora': keep |= set(_LORA)
     if self.trains: keep |= set(_TRAIN)
     if self.prompt_source == 'gt': keep.discard('detector_img_size')
+    if self.tta: keep.add('tta')   # only when on: the ids of runs without TTA stay as they were
+    if fam == 'ensemble': keep |= {'ensemble', 'ensemble_weights'}
     d = {k: v for k, v in self.to_dict().items() if k in keep}
     if 'eval_prompt_seed' in d: d['eval_prompt_seed'] = self.eval_seed
     d['dataset_options'] = self.reader_options()
@@ -349,7 +363,7 @@ def _params_hash(self:ExperimentConfig) -> str:
 
 def _train_key(self:ExperimentConfig) -> str:
     "Hash of the parameters training depends on."
-    return _key(self, _EVAL_ONLY + ('prompt_source', 'gate'))
+    return _key(self, _EVAL_ONLY + ('prompt_source', 'gate', 'tta'))   # TTA runs reuse the trained model
 
 def _inference_key(self:ExperimentConfig) -> str:
     "Hash of the parameters the saved probabilities depend on."
@@ -403,6 +417,10 @@ RESULT_COLUMNS = THESIS_COLUMNS + (
     'F1_pooled', 'n_train', 'n_val', 'n_test',
     'peak_memory_mb', 'memory_device', 'total_time_s', 'train_time_s', 'device', 'run_dir', 'per_image_csv', 'predictions_from',
     'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit', 'gate', 'gate_thresholds')
+RESULT_COLUMNS += ('class_thresholds', 'class_min_areas') # per-class values calibrated on val (perclass), class 1 first
+RESULT_COLUMNS += ('tta',) # test-time augmentation (tta_label), empty without
+RESULT_COLUMNS += ('ensemble_members', 'ensemble_weights') # model 'ensemble': member exp_ids ('+'-joined) and weights
+
 
 # %% ../nbs/50_experiment.ipynb #893ccd48
 def read_results(path:str|Path, # experiments.csv (or a results folder holding it)
@@ -608,6 +626,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
 def _threshold_spec(cfg:ExperimentConfig) -> tuple:
     "(fixed threshold or None, calibration metric or None)."
     if isinstance(cfg.threshold, float): return cfg.threshold, None
+    if per_class_metric(cfg.threshold) is not None: return None, None   # per-class thresholds: `_per_class_val`
     return None, (cfg.threshold.split(':', 1)[1] if ':' in cfg.threshold else 'mIoU')
 
 def _eval_kwargs(cfg:ExperimentConfig, model) -> dict:
@@ -615,6 +634,16 @@ def _eval_kwargs(cfg:ExperimentConfig, model) -> dict:
     prompted = bool(getattr(model, 'needs_prompts', False))
     return dict(prompt=cfg.prompt if prompted else None, class_aware=cfg.class_aware, seed=cfg.eval_seed, batch_size=cfg.batch_size,
                 prompt_kwargs=cfg.prompt_kwargs if prompted else None)
+
+def _per_class_val(cfg:ExperimentConfig, val_dir:Path, val_ds, progress:bool) -> tuple:
+    "(ClassPostProcess, row threshold, threshold_from, calibration dict) searched on the saved predictions in `val_dir`."
+    cal = calibrate_per_class(val_dir, val_ds, cfg.threshold, cfg.postprocess, progress=progress,
+                              write_table=Path(cfg.results_dir)/cfg.exp_id/'per_class_calibration.csv')
+    pp, metric = cal.postprocess, per_class_metric(cfg.threshold)
+    if metric is None: return pp, cfg.threshold, 'fixed', cal.to_dict()
+    return pp, pp.class_thresholds[0] if pp.num_classes == 1 else float('nan'), f'val_per_class:{metric}', cal.to_dict()
+
+def _eval_threshold(t:float) -> float: return 0.5 if math.isnan(t) else t   # NaN: per-class thresholds decide
 
 def validate_and_test(cfg:ExperimentConfig, # the experiment
                       model, # the (trained) model
@@ -625,6 +654,7 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
     if _family(cfg.model) == 'gate':
         from defect_sam.gate import gate_validate_and_test
         return gate_validate_and_test(cfg, model, parts, run_dir, progress)
+    model = with_tta(model, cfg.tta)   # flips the image and its prompts, averages the un-flipped probabilities (inside the gate)
     if cfg.gate is not None:
         from defect_sam.gate import gated
         model = gated(cfg, model, parts)
@@ -632,16 +662,22 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
     kw = _eval_kwargs(cfg, model)
     kw['prompt_source'] = detector_prompts(cfg, model, _num_classes(cfg, parts['test'])) if kw['prompt'] else 'gt'
     pp, val = PostProcess.from_spec(cfg.postprocess), None
-    if metric is not None and not len(parts['val']): raise ConfigError(f"threshold={cfg.threshold!r} needs a validation split; split={cfg.split} leaves none")
+    per_class, thr_from, cal = per_class_requested(cfg.threshold, pp), 'fixed' if metric is None else f'val:{metric}', None
+    if (metric is not None or per_class) and not len(parts['val']):
+        raise ConfigError(f"threshold={cfg.threshold!r}, postprocess={cfg.postprocess!r} needs a validation split; split={cfg.split} leaves none")
     if len(parts['val']):
-        val = evaluate(model, parts['val'], threshold=0.5 if fixed is None else fixed, postprocess=pp, save_dir=run_dir/'val',
+        val = evaluate(model, parts['val'], threshold=0.5 if fixed is None else fixed, postprocess=live_postprocess(pp), save_dir=run_dir/'val',
                        n_figures=0, progress=progress, calibrate_metric=metric, **kw)
         if metric is not None:
             fixed = float(val.calibration.threshold)
             val = evaluate_saved(run_dir/'val', parts['val'], fixed, pp, progress=progress)
-    test = evaluate(model, parts['test'], threshold=fixed, postprocess=pp, save_dir=run_dir/'test', n_figures=cfg.n_figures,
+        if per_class:
+            pp, fixed, thr_from, cal = _per_class_val(cfg, run_dir/'val', parts['val'], progress)
+            val = evaluate_saved(run_dir/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
+    test = evaluate(model, parts['test'], threshold=_eval_threshold(fixed), postprocess=pp, save_dir=run_dir/'test', n_figures=cfg.n_figures,
                     progress=progress, **kw)
-    return val, test, fixed, 'fixed' if metric is None else f'val:{metric}'
+    if cal is not None: test.extras['per_class_calibration'] = cal
+    return val, test, fixed, thr_from
 
 def _saved_source(cfg:ExperimentConfig, run_dir:Path) -> tuple:
     "(folder holding test/ and val/ predictions, its results row or None) for `skip_inference`."
@@ -658,13 +694,20 @@ def rescore_saved(cfg:ExperimentConfig, parts:dict, source:Path, progress:bool=T
     "Like `validate_and_test`, from the probabilities saved under `source` (no model)."
     fixed, metric = _threshold_spec(cfg)
     pp, val = PostProcess.from_spec(cfg.postprocess), None
+    per_class, thr_from, cal = per_class_requested(cfg.threshold, pp), 'fixed' if metric is None else f'val:{metric}', None
     has_val = len(parts['val']) and (source/'val'/'predictions'/'index.csv').exists()
+    if (metric is not None or per_class) and not has_val:
+        raise ConfigError(f"skip_inference with threshold={cfg.threshold!r}, postprocess={cfg.postprocess!r} needs saved validation predictions in {source/'val'}")
     if metric is not None:
-        if not has_val: raise ConfigError(f"skip_inference with threshold={cfg.threshold!r} needs saved validation predictions in {source/'val'}")
         fixed = float(calibrate_saved(source/'val', parts['val'], metric, postprocess=pp, progress=progress).threshold)
-    if has_val: val = evaluate_saved(source/'val', parts['val'], fixed, pp, progress=progress)
-    test = evaluate_saved(source/'test', parts['test'], fixed, pp, progress=progress)
-    return val, test, fixed, 'fixed' if metric is None else f'val:{metric}'
+    if per_class: pp, fixed, thr_from, cal = _per_class_val(cfg, source/'val', parts['val'], progress)
+    if has_val: val = evaluate_saved(source/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
+    test = evaluate_saved(source/'test', parts['test'], _eval_threshold(fixed), pp, progress=progress)
+    if cal is not None: test.extras['per_class_calibration'] = cal
+    if cfg.model == 'ensemble':
+        from defect_sam.ensemble import ensemble_figures
+        test.extras['figures'] = ensemble_figures(source/'test', parts['test'], test, Path(cfg.results_dir)/cfg.exp_id/'test', cfg.n_figures)
+    return val, test, fixed, thr_from
 
 # %% ../nbs/50_experiment.ipynb #35cd8ed9
 def _variant(cfg:ExperimentConfig, info:dict) -> str:
@@ -779,12 +822,18 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'predictions_from': predictions_from, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key,
            'inference_key': cfg.inference_key, 'defect_sam_version': package_version(), 'git_commit': git_commit(),
            'gate': cfg.gate, 'gate_thresholds': _gate_thresholds(test)}
+    row |= per_class_columns(test.extras.get('per_class_calibration'))
+    row['tta'] = tta_label(cfg.tta)
+    row |= {'ensemble_members': None, 'ensemble_weights': None}
+    if fam == 'ensemble':
+        from defect_sam.ensemble import ensemble_row_fields
+        row |= ensemble_row_fields(model_info, row)
     assert list(row) == list(RESULT_COLUMNS), 'row keys follow RESULT_COLUMNS'
     return row
 
 def per_image_csv_name(cfg:ExperimentConfig, row:dict, when:dt.datetime|None=None) -> str:
     "`exp_{model}_{subset}_{prompt}_{imgsz}_{%Y%m%d-%H%M}.csv` (subset: the size, 'full', or 'zeroshot' without training)."
-    sub = (str(cfg.subset_size) if cfg.subset_size else 'full') if cfg.trains else 'zeroshot'
+    sub = (str(cfg.subset_size) if cfg.subset_size else 'full') if cfg.trains else 'zeroshot' if cfg.model != 'ensemble' else f'{len(cfg.ensemble)}runs'
     return f"exp_{cfg.model}_{sub}_{row['prompt_type'] or 'none'}_{row['img_size']}_{(when or dt.datetime.now()):%Y%m%d-%H%M}.csv"
 
 # %% ../nbs/50_experiment.ipynb #7cfc0e89
@@ -851,9 +900,12 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
             parts = experiment_data(cfg)
             n = {k: len(v) for k, v in parts.items()}
             train_info, src_row, model_info = {}, None, {}
-            if cfg.skip_inference:
+            if cfg.skip_inference or cfg.model == 'ensemble':
                 stage = 'rescore'
-                source, src_row = _saved_source(cfg, run_dir)
+                if cfg.skip_inference: source, src_row = _saved_source(cfg, run_dir)
+                else:   # an ensemble: the mean of its members' saved probabilities, then scored like saved predictions
+                    from defect_sam.ensemble import average_saved_runs
+                    source = average_saved_runs(cfg, parts, run_dir, progress)
                 val, test, thr, thr_from = rescore_saved(cfg, parts, source, progress)
                 model_info = test.extras.get('model', {})
             else:

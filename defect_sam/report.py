@@ -74,6 +74,7 @@ _CONFIG_COLUMNS = ('dataset', 'model', 'variant', 'subset_size', 'prompt_type', 
                    'weights', 'lora_strategy', 'lora_rank', 'img_size', 'batch_size', 'steps', 'lr', 'wd', 'augment',
                    'threshold_from', 'postprocess', 'class_aware')
 
+_CONFIG_COLUMNS += ('tta',) # runs with and without TTA are different configurations
 RANKINGS = {'deployable': ('automatic', 'none'), 'oracle': ('oracle',)} # the prompt regimes each ranking holds
 RANKING_TITLES = {'deployable': 'deployable: automatic prompts and prompt-free models',
                   'oracle': 'oracle prompts (from the ground truth): the upper bound of prompting'}
@@ -102,7 +103,8 @@ def run_label(row) -> str:
     if g('prompt_type') and m != 'yolo_sam2': parts.append(g('prompt_type') + (' det' if str(g('prompt_source') or 'gt') != 'gt' else ''))
     if g('subset_size') is not None: parts.append(f"n={_fmt(g('subset_size'))}")
     if g('lr') is not None and m not in ('sam2_zeroshot',): parts.append(f"lr={_fmt(g('lr'))}")
-    if g('threshold_from') and g('threshold_from') != 'fixed': parts.append('thr:val')
+    if g('threshold_from') and g('threshold_from') != 'fixed': parts.append('thr:val/class' if 'per_class' in g('threshold_from') else 'thr:val')
+    if g('tta'): parts.append(f"TTA:{g('tta')}")
     if g('postprocess') and g('postprocess') != 'none': parts.append(g('postprocess'))
     return ' '.join(parts)
 
