@@ -47,6 +47,8 @@ class TrainOutput:
     targets: list|object # same shapes as `logits`, float 0/1
     valid: list|object|None = None # same shapes, 1 = pixel counts, 0 = ignore (letterbox padding); None: all count
     aux: list|None = None # deep supervision: `(weight, logits)` pairs; targets/valid are resized to them (nearest)
+    objects: list|None = None # prompted SAM2, per image: dict(masks (N, M, H, W) logits, iou (N, M), object_score (N, 1), target, valid (N, H, W), weight (N,)) for loss='sam2'
+    iterations: list|None = None # corrective-click training: one `TrainOutput` per prediction step (the loss sums over them)
 
 class TrainableSegmenter(Segmenter):
     "A `Segmenter` the shared training loop can train (the trainable-model protocol)."
