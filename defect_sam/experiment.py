@@ -66,7 +66,7 @@ class ExperimentConfig:
     weights: str = 'auto' # auto (pretrained, downloaded on first use), random (untrained), or a checkpoint path
     prompt: str = 'box' # SAM2 prompt: box, points_1, points_3, points_5, full_image, grid
     prompt_source: str = 'gt' # where SAM2's box prompts come from: gt (the ground truth), or a YOLO detector checkpoint (.pt) or the exp_id of a finished yolo_det run
-    lora_strategy: str = 'decoder' # LoRA targets: decoder, encoder_decoder, all
+    lora_strategy: str = 'decoder' # LoRA targets: decoder, encoder_decoder, attn_mlp, all
     lora_rank: int = 8 # LoRA rank r
     lora_alpha: float = 16 # LoRA scaling alpha
     lora_dropout: float = 0.05 # LoRA dropout
@@ -86,6 +86,7 @@ class ExperimentConfig:
     results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
     exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
     skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
+    peft_method: str = 'lora' # sam2_lora adapters (peft): lora, dora (LoRA + magnitude, use_dora), layernorm (LayerNorm only, as SAC), bias_layernorm (LayerNorm and biases); lora_strategy is their scope, lora_rank/alpha/dropout only for lora, dora
 
     def __post_init__(self): self.validate()
 
@@ -187,8 +188,12 @@ def train_config(cfg:ExperimentConfig, # the experiment (a SAM2 or U-Net model)
               seed=cfg.seed, class_aware=cfg.class_aware, augment=cfg.augment, progress=progress)
     if _family(cfg.model) == 'sam2': kw['prompt'] = cfg.prompt
     if not has_val and 'val_every' not in opts: kw['val_every'] = None
-    try: return TrainConfig(**kw, **opts)
+    try: tc = TrainConfig(**kw, **opts)
     except TypeError as e: raise ConfigError(f"train_options: {e}") from None
+    if _family(cfg.model) != 'sam2' and (tc.loss != 'dice_focal' or tc.correction_iters):
+        raise ConfigError(f"train_options loss={tc.loss!r}, correction_iters={tc.correction_iters}: {cfg.model!r} takes no prompts; "
+                          "the sam2 loss and corrective clicks train a prompted SAM2 (sam2_full, sam2_lora)")
+    return tc
 
 def _validate(self:ExperimentConfig):
     "Coerce every field to its type and check values; raises `ConfigError` naming the parameter."
@@ -225,6 +230,9 @@ def _validate(self:ExperimentConfig):
         from defect_sam.sam_lora import LORA_STRATEGIES
         if self.lora_strategy not in LORA_STRATEGIES:
             raise ConfigError(f"unknown LoRA strategy {self.lora_strategy!r}; valid: {', '.join(LORA_STRATEGIES)}")
+        from defect_sam.sam_lora import PEFT_METHODS
+        if self.peft_method not in PEFT_METHODS: raise ConfigError(f"unknown peft_method {self.peft_method!r}; valid: {', '.join(PEFT_METHODS)}")
+    elif self.peft_method != 'lora': raise ConfigError(f"peft_method={self.peft_method!r} is for model 'sam2_lora', not {self.model!r}")
     if self.trains and fam in ('sam2', 'unet'): train_config(self)   # the trainer's own checks (train_options, prompt, augment)
     if self.prompt_source != 'gt' and fam != 'sam2':
         raise ConfigError(f"prompt_source={self.prompt_source!r}: detector prompts are for the SAM2 models; {self.model!r} takes no prompts")
@@ -279,7 +287,9 @@ def _used_params(self:ExperimentConfig) -> dict:
     if fam == 'sam2': keep |= set(_SAM)
     if fam in ('unet', 'yolo', 'pipeline'): keep |= {'img_size', 'weights'}
     if fam == 'pipeline': keep |= {'sam2_size', 'sam2_image_size'}
-    if self.model == 'sam2_lora': keep |= set(_LORA)
+    if self.model == 'sam2_lora':
+        keep |= set(_LORA) if self.peft_method in ('lora', 'dora') else {'lora_strategy'}   # LayerNorm methods: no rank
+        if self.peft_method != 'lora': keep.add('peft_method')   # absent for LoRA: earlier runs keep their ids
     if self.trains: keep |= set(_TRAIN)
     if fam in ('yolo', 'pipeline'): keep.discard('augment')   # ultralytics augments by its own settings
     d = {k: v for k, v in self.to_dict().items() if k in keep}
@@ -434,7 +444,8 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
     if fam == 'sam2':
         kw = dict(size=cfg.sam2_size, weights=cfg.weights, device=cfg.device, image_size=cfg.sam2_image_size, seed=cfg.seed)
         if cfg.model == 'sam2_lora':
-            kw |= dict(lora_strategy=cfg.lora_strategy, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+            kw |= dict(lora_strategy=cfg.lora_strategy, peft_method=cfg.peft_method)
+            if cfg.peft_method in ('lora', 'dora'): kw |= dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
         return build_model(cfg.model, **kw)
     if fam == 'unet':
         shape = train_ds[0].shape if train_ds is not None and len(train_ds) else (cfg.img_size, cfg.img_size)
@@ -588,7 +599,9 @@ def rescore_saved(cfg:ExperimentConfig, parts:dict, source:Path, progress:bool=T
 def _variant(cfg:ExperimentConfig, info:dict) -> str:
     if cfg.model == 'sam2_zeroshot': return 'zeroshot'
     if cfg.model == 'sam2_full': return 'full'
-    if cfg.model == 'sam2_lora': return f'lora_{cfg.lora_strategy}_r{cfg.lora_rank}'
+    if cfg.model == 'sam2_lora':
+        if cfg.peft_method in ('layernorm', 'bias_layernorm'): return f'{cfg.peft_method}_{cfg.lora_strategy}'
+        return f'{cfg.peft_method}_{cfg.lora_strategy}_r{cfg.lora_rank}'
     if cfg.model == 'yolo_sam2': return 'yolo_boxes'
     return 'pretrained' if _weights_kind(info) == 'pretrained' else 'scratch'
 
@@ -631,7 +644,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'timestamp': dt.datetime.now().isoformat(timespec='seconds'),
            'dataset': cfg.dataset, 'sam2_size': cfg.sam2_size if sam else None, 'weights': _weights_kind(model_info),
            'lora_strategy': cfg.lora_strategy if cfg.model == 'sam2_lora' else None,
-           'lora_rank': cfg.lora_rank if cfg.model == 'sam2_lora' else None,
+           'lora_rank': cfg.lora_rank if cfg.model == 'sam2_lora' and cfg.peft_method in ('lora', 'dora') else None,
            'prompt_source': ('gt' if cfg.prompt_source == 'gt' else f'detector:{cfg.prompt_source}') if fam == 'sam2' else
                             ('yolo_det' if fam == 'pipeline' else None),
            'threshold': threshold, 'threshold_from': threshold_from, 'postprocess': str(PostProcess.from_spec(cfg.postprocess)),
