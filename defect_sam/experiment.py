@@ -52,7 +52,7 @@ __all__ = ['THESIS_COLUMNS', 'RESULT_COLUMNS', 'ExperimentConfig', 'field_commen
 @dataclass
 class ExperimentConfig:
     "One experiment run; the fields are the papermill parameters of `nbs/run_experiment.ipynb` and the options of `defect-sam run`."
-    model: str = 'sam2_lora' # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2
+    model: str = 'sam2_lora' # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2, sam2_unet, sam2_unet_full
     dataset: str = 'synthetic' # dataset kind: synthetic, severstal, supervisely, crack500, folder
     data_root: str|None = None # dataset folder (None: the cache folder, for synthetic and severstal)
     dataset_options: dict|None = None # reader options for load_dataset, e.g. {'images': 'img', 'masks': 'ann'}; None: the kind's defaults (synthetic: {'n_images': 40})
@@ -287,6 +287,7 @@ def _used_params(self:ExperimentConfig) -> dict:
     if fam == 'sam2': keep |= set(_SAM)
     if fam in ('unet', 'yolo', 'pipeline'): keep |= {'img_size', 'weights'}
     if fam == 'pipeline': keep |= {'sam2_size', 'sam2_image_size'}
+    if self.model in ('sam2_unet', 'sam2_unet_full'): keep |= {'sam2_size'} | ({'lora_rank', 'lora_alpha', 'lora_dropout'} if self.model == 'sam2_unet' else set())
     if self.model == 'sam2_lora':
         keep |= set(_LORA) if self.peft_method in ('lora', 'dora') else {'lora_strategy'}   # LayerNorm methods: no rank
         if self.peft_method != 'lora': keep.add('peft_method')   # absent for LoRA: earlier runs keep their ids
@@ -446,6 +447,12 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
         if cfg.model == 'sam2_lora':
             kw |= dict(lora_strategy=cfg.lora_strategy, peft_method=cfg.peft_method)
             if cfg.peft_method in ('lora', 'dora'): kw |= dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+        return build_model(cfg.model, **kw)
+    if cfg.model in ('sam2_unet', 'sam2_unet_full'):   # the U-Nets' recipe, with SAM2's size and weights (and LoRA rank)
+        shape = train_ds[0].shape if train_ds is not None and len(train_ds) else (cfg.img_size, cfg.img_size)
+        kw = dict(size=cfg.sam2_size, weights=cfg.weights, num_classes=nc, img_size=letterbox_box(cfg.img_size, shape),
+                  device=cfg.device, seed=cfg.seed, batch_size=cfg.batch_size)
+        if cfg.model == 'sam2_unet': kw |= dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
         return build_model(cfg.model, **kw)
     if fam == 'unet':
         shape = train_ds[0].shape if train_ds is not None and len(train_ds) else (cfg.img_size, cfg.img_size)
@@ -628,7 +635,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
                ) -> dict:
     "One run's row of the results table."
     fam, s, tr = _family(cfg.model), test.summary, cfg.trains
-    sam = fam in ('sam2', 'pipeline')
+    sam = fam in ('sam2', 'pipeline') or 'sam2_size' in model_info   # sam2_unet: a SAM2 trunk
     prompted = fam == 'sam2' or fam == 'pipeline'
     cuda = memory.get('cuda_max_allocated_mb')
     row = {'exp_id': cfg.exp_id, 'model': cfg.model, 'subset_size': _nan_if(tr, n['train']), 'variant': _variant(cfg, model_info),

@@ -121,6 +121,8 @@ MODELS: dict[str, ModelSpec] = {
     'yolo_det':      ModelSpec('defect_sam.yolo', 'build_yolo', 'yolo', 'YOLOv8 detection, boxes as masks', {'task': 'detect'}),
     'yolo_seg':      ModelSpec('defect_sam.yolo', 'build_yolo', 'yolo', 'YOLOv8-seg instance segmentation', {'task': 'segment'}),
     'yolo_sam2':     ModelSpec('defect_sam.yolo', 'build_yolo_sam2', 'pipeline', 'YOLOv8 boxes prompting SAM2', {}),
+    'sam2_unet':     ModelSpec('defect_sam.sam2_unet', 'build_sam2_unet', 'unet', 'SAM2-UNet: SAM2 Hiera trunk (frozen, LoRA) + U-Net decoder, no prompts', {'trunk': 'lora'}),
+    'sam2_unet_full': ModelSpec('defect_sam.sam2_unet', 'build_sam2_unet', 'unet', 'SAM2-UNet with the Hiera trunk trained', {'trunk': 'full'}),
 }
 
 # %% ../nbs/30_models.ipynb #fce62aca

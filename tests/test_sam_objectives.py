@@ -140,6 +140,7 @@ def test_new_sweeps_expand():
                                                   'loss_weights': {'focal': 10}})),
     ('full_image_dora', dict(model='sam2_lora', prompt='full_image', peft_method='dora', lora_rank=2, train_options={'loss': 'sam2'})),
     ('layernorm', dict(model='sam2_lora', peft_method='bias_layernorm', lora_strategy='decoder')),
+    ('sam2_unet', dict(model='sam2_unet', class_aware=True, img_size=64, lora_rank=2)),
 ])
 def test_experiment_rows(name, params, tmp_path):
     res = run_experiment({**TINY, **params, 'results_dir': str(tmp_path)}, progress=False)
@@ -150,3 +151,11 @@ def test_experiment_rows(name, params, tmp_path):
     assert len(tr) and tr.loss.notna().all()
     if params.get('train_options', {}).get('loss') == 'sam2': assert tr.loss_iou.notna().all() and tr.loss_object_score.notna().all()
     if 'peft_method' in params: assert res.row['variant'].startswith(params['peft_method'])
+    if params['model'] == 'sam2_unet':                                 # prompt-free, like the U-Nets
+        assert res.row['prompt_type'] is None and res.row['sam2_size'] == 'tiny' and res.row['class_aware']
+        from defect_sam.train import load_checkpoint
+        from defect_sam.experiment import build_experiment_model, experiment_data
+        cfg = ExperimentConfig(**{**TINY, **params, 'results_dir': str(tmp_path)})
+        m = build_experiment_model(cfg, experiment_data(cfg)['train'])
+        load_checkpoint(m, tmp_path/res.row['ckpt_path'])               # the trained parts, strictly
+        with pytest.raises(ConfigError, match='takes no prompts'): m.predict(_img(), boxes=[[0, 0, 9, 9]])
