@@ -43,6 +43,7 @@ _RUN_ONLY = ('ckpt_every', 'log_every', 'log_with', 'num_workers', 'progress')
 _MIXED = ('auto', 'no', 'bf16', 'fp16')
 _TRAIN_PROMPTS = ('box', 'points_1', 'points_3', 'points_5', 'full_image')
 _LOSSES, _TRAIN_EMPTY = ('dice_focal', 'sam2'), ('negative_prompt', 'skip')
+_LATER_DEFAULTS = dict(loss='dice_focal', loss_weights=None, train_empty='negative_prompt', correction_iters=0)
 
 @dataclass
 class TrainConfig:
@@ -131,7 +132,10 @@ class TrainConfig:
 
     def params(self) -> dict:
         "The fields that decide the run's numbers (hashed into its checkpoints)."
-        return {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY}
+        d = {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY}
+        for k, v in _LATER_DEFAULTS.items():               # fields added later: at their default, checkpoints written
+            if d.get(k) == v: d.pop(k)                     # before them still resume
+        return d
 
 # %% ../nbs/40_train.ipynb #82f8fb82
 def _reduce(x:torch.Tensor) -> torch.Tensor: return x.sum((-2, -1))

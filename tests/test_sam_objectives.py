@@ -159,3 +159,34 @@ def test_experiment_rows(name, params, tmp_path):
         m = build_experiment_model(cfg, experiment_data(cfg)['train'])
         load_checkpoint(m, tmp_path/res.row['ckpt_path'])               # the trained parts, strictly
         with pytest.raises(ConfigError, match='takes no prompts'): m.predict(_img(), boxes=[[0, 0, 9, 9]])
+
+
+def _proxy_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('pretrain_proxy', ROOT/'tools'/'pretrain_proxy.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_proxy_corpus_is_generic_and_deterministic():
+    import cv2
+    tool = _proxy_tool()
+    a, b = tool.proxy_sample('proxy-train-000001'), tool.proxy_sample('proxy-train-000001')
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    counts = [cv2.connectedComponents(tool.proxy_sample(f'proxy-train-{i:06d}').mask)[0] - 1 for i in range(40)]
+    assert 0 in counts and max(counts) >= 4                          # empty images and many-object images
+    tr, ho = tool.proxy_corpus('train', 5), tool.proxy_corpus('heldout', 5)
+    assert not set(tr.ids) & set(ho.ids) and tr[0].meta['source'] == 'proxy-corpus'
+
+
+def test_proxy_pretraining_writes_a_strict_checkpoint_and_caches(tmp_path, monkeypatch):
+    tool = _proxy_tool()
+    kw = dict(image_size=64, batch_size=1, eval_images=1, steps=1, progress=False, device='cpu')
+    rec = tool.pretrain(tmp_path, 0.0, **kw)
+    assert rec['steps'] == 1 and 0 <= rec['heldout_mIoU_after'] <= 1
+    s = build_model('sam2_lora', weights=rec['checkpoint'], image_size=128)        # `weights=<path>` loads it strictly
+    assert s.info()['weights'] == rec['checkpoint']
+    import defect_sam.train
+    monkeypatch.setattr(defect_sam.train, 'train', lambda *a, **k: pytest.fail('a cached proxy must not train again'))
+    assert tool.pretrain(tmp_path, 0.0, **kw) == rec
+    with pytest.raises(ConfigError, match='other options'): tool.pretrain(tmp_path, 0.0, **{**kw, 'lr': 1e-3})
