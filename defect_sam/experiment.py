@@ -610,6 +610,8 @@ def _variant(cfg:ExperimentConfig, info:dict) -> str:
         if cfg.peft_method in ('layernorm', 'bias_layernorm'): return f'{cfg.peft_method}_{cfg.lora_strategy}'
         return f'{cfg.peft_method}_{cfg.lora_strategy}_r{cfg.lora_rank}'
     if cfg.model == 'yolo_sam2': return 'yolo_boxes'
+    if cfg.model == 'sam2_unet': return f'trunk_lora_r{cfg.lora_rank}'
+    if cfg.model == 'sam2_unet_full': return 'trunk_full'
     return 'pretrained' if _weights_kind(info) == 'pretrained' else 'scratch'
 
 def _weights_kind(info:dict) -> str:

@@ -153,6 +153,7 @@ def test_experiment_rows(name, params, tmp_path):
     if 'peft_method' in params: assert res.row['variant'].startswith(params['peft_method'])
     if params['model'] == 'sam2_unet':                                 # prompt-free, like the U-Nets
         assert res.row['prompt_type'] is None and res.row['sam2_size'] == 'tiny' and res.row['class_aware']
+        assert res.row['variant'] == 'trunk_lora_r2' and res.row['weights'] == 'random'
         from defect_sam.train import load_checkpoint
         from defect_sam.experiment import build_experiment_model, experiment_data
         cfg = ExperimentConfig(**{**TINY, **params, 'results_dir': str(tmp_path)})
