@@ -86,6 +86,8 @@ class ExperimentConfig:
     results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
     exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
     skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
+    track: list|str|None = None # experiment tracking: mlflow, tensorboard or both (training curves through Accelerate; MLflow: one run per experiment with params, row, files); None: off
+    track_experiment: str|None = None # MLflow experiment of the run (None: $MLFLOW_EXPERIMENT_NAME, else 'defect-sam'; a grid: its name)
 
     def __post_init__(self): self.validate()
 
@@ -187,6 +189,7 @@ def train_config(cfg:ExperimentConfig, # the experiment (a SAM2 or U-Net model)
               seed=cfg.seed, class_aware=cfg.class_aware, augment=cfg.augment, progress=progress)
     if _family(cfg.model) == 'sam2': kw['prompt'] = cfg.prompt
     if not has_val and 'val_every' not in opts: kw['val_every'] = None
+    if cfg.track and 'log_with' not in opts: kw['log_with'] = list(cfg.track)   # Accelerate's trackers log the curves
     try: return TrainConfig(**kw, **opts)
     except TypeError as e: raise ConfigError(f"train_options: {e}") from None
 
@@ -225,6 +228,8 @@ def _validate(self:ExperimentConfig):
         from defect_sam.sam_lora import LORA_STRATEGIES
         if self.lora_strategy not in LORA_STRATEGIES:
             raise ConfigError(f"unknown LoRA strategy {self.lora_strategy!r}; valid: {', '.join(LORA_STRATEGIES)}")
+    from defect_sam.tracking import check_track
+    self.track = check_track(self.track) or None
     if self.trains and fam in ('sam2', 'unet'): train_config(self)   # the trainer's own checks (train_options, prompt, augment)
     if self.prompt_source != 'gt' and fam != 'sam2':
         raise ConfigError(f"prompt_source={self.prompt_source!r}: detector prompts are for the SAM2 models; {self.model!r} takes no prompts")
@@ -500,6 +505,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
                            model, # from build_experiment_model
                            parts:dict, # train/val/test splits
                            progress:bool=True, # progress bars
+                           tracking:dict|None=None, # TrainConfig tracker options (the open MLflow run: `tracking.MlflowRun.train_options`)
                           ) -> dict: # ckpt_path, train_time_s, wd, steps, and the trainer's own record
     "Train `model` for `cfg` (resuming an interrupted training); returns facts for the results row."
     out = checkpoint_dir(cfg); out.mkdir(parents=True, exist_ok=True)
@@ -519,6 +525,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
             from defect_sam.train import train
             has_val = len(parts['val']) > 0
             tc = train_config(cfg, progress, has_val)
+            for k, v in (tracking or {}).items(): setattr(tc, k, v)   # run-only fields: hashes unchanged
             res = train(model, parts['train'], parts['val'] if has_val else None, tc, out, resume=True)
             wd = tc.weight_decay if tc.weight_decay is not None else model.default_weight_decay
             info = {'ckpt_path': str(res.best_checkpoint or res.last_checkpoint), 'wd': wd, 'trainer': 'defect_sam.train',
@@ -544,19 +551,23 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
                       model, # the (trained) model
                       parts:dict, # the splits
                       run_dir:Path, # the run's folder: val/ and test/ are written in it
-                      progress:bool=True) -> tuple: # (val EvalResult or None, test EvalResult, threshold, threshold_from)
+                      progress:bool=True, # progress bars
+                      phase=None) -> tuple: # called with 'evaluate val' / 'evaluate test' as each starts (`tracking.RunProgress`)
     "Choose the threshold (fixed or calibrated on val), score val at it, then evaluate the test split."
+    phase = phase or (lambda *a: None)
     fixed, metric = _threshold_spec(cfg)
     kw = _eval_kwargs(cfg, model)
     kw['prompt_source'] = detector_prompts(cfg, model, _num_classes(cfg, parts['test'])) if kw['prompt'] else 'gt'
     pp, val = PostProcess.from_spec(cfg.postprocess), None
     if metric is not None and not len(parts['val']): raise ConfigError(f"threshold={cfg.threshold!r} needs a validation split; split={cfg.split} leaves none")
     if len(parts['val']):
+        phase('evaluate val', f"({len(parts['val'])} images)")
         val = evaluate(model, parts['val'], threshold=0.5 if fixed is None else fixed, postprocess=pp, save_dir=run_dir/'val',
                        n_figures=0, progress=progress, calibrate_metric=metric, **kw)
         if metric is not None:
             fixed = float(val.calibration.threshold)
             val = evaluate_saved(run_dir/'val', parts['val'], fixed, pp, progress=progress)
+    phase('evaluate test', f"({len(parts['test'])} images)")
     test = evaluate(model, parts['test'], threshold=fixed, postprocess=pp, save_dir=run_dir/'test', n_figures=cfg.n_figures,
                     progress=progress, **kw)
     return val, test, fixed, 'fixed' if metric is None else f'val:{metric}'
@@ -695,11 +706,19 @@ def run_status(results_dir:str|Path, exp_id:str) -> str:
     return 'partial' if d.exists() else 'new'
 
 def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a config, a dict, or None for the defaults)
-                   progress:bool=True, # progress bars
+                   progress:bool|str=True, # True: bars, phase lines on stderr; 'terminal': text bars and phases on the terminal only (not in a notebook); False: none
                    **overrides) -> ExperimentResult: # parameters laid over `cfg`
     "Run one experiment: data, model, training, threshold, validation and test evaluation, files, and its results row."
+    from defect_sam.tracking import RunProgress, terminal_progress
     if isinstance(cfg, ExperimentConfig): cfg = ExperimentConfig.from_dict(cfg.to_dict(), **overrides)
     else: cfg = ExperimentConfig.from_dict(cfg or {}, 'run_experiment', **overrides)
+    if progress == 'terminal':
+        with terminal_progress() as s: return _run(cfg, True, RunProgress(cfg.exp_id, s))
+    return _run(cfg, bool(progress), RunProgress(cfg.exp_id, sys.stderr if progress else None))
+
+def _run(cfg:ExperimentConfig, progress:bool, phase) -> ExperimentResult:
+    "The body of `run_experiment`; `phase` reports each phase as it starts."
+    from defect_sam.tracking import MlflowRun
     results, eid = Path(cfg.results_dir), cfg.exp_id
     run_dir = results/eid
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -708,8 +727,10 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
     for m in ('done.json', 'FAILED.json'): (run_dir/m).unlink(missing_ok=True)
     write_text_atomic(run_dir/'params.yaml', cfg.to_yaml() + yaml.safe_dump(
         {'exp_id': eid, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key, 'inference_key': cfg.inference_key}, sort_keys=False))
-    stage, t0 = 'data', time.perf_counter()
+    stage, t0, tracker = 'data', time.perf_counter(), None
     try:
+        if cfg.track and 'mlflow' in cfg.track: tracker = MlflowRun(cfg)
+        phase('data')
         seed_everything(cfg.seed)
         with MemoryMonitor() as mon:
             parts = experiment_data(cfg)
@@ -717,19 +738,20 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
             train_info, src_row, model_info = {}, None, {}
             if cfg.skip_inference:
                 stage = 'rescore'
+                phase('evaluate test', '(re-scoring saved predictions)')
                 source, src_row = _saved_source(cfg, run_dir)
                 val, test, thr, thr_from = rescore_saved(cfg, parts, source, progress)
                 model_info = test.extras.get('model', {})
             else:
-                stage = 'model'
+                stage = 'model'; phase('model', f'({cfg.model})')
                 model = build_experiment_model(cfg, parts['train'])
                 if cfg.trains:
-                    stage = 'train'
-                    train_info = train_experiment_model(cfg, model, parts, progress)
+                    stage = 'train'; phase('train', f"({cfg.steps} steps, {n['train']} images)")
+                    train_info = train_experiment_model(cfg, model, parts, progress, tracker.train_options() if tracker else None)
                 stage = 'evaluate'
-                val, test, thr, thr_from = validate_and_test(cfg, model, parts, run_dir, progress)
+                val, test, thr, thr_from = validate_and_test(cfg, model, parts, run_dir, progress, phase)
                 model_info = model.info()
-        stage = 'write'
+        stage = 'write'; phase('write')
         total = time.perf_counter() - t0
         now = dt.datetime.now()
         csv_path = run_dir/'per_image.csv'   # named below, once the row is known
@@ -752,10 +774,15 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
             'provenance': {'defect_sam_version': package_version(), 'git_commit': git_commit(), 'params_hash': cfg.params_hash,
                            'python': platform.python_version(), 'platform': platform.platform(),
                            'packages': _versions(), 'split_manifests': str(manifest_dir(cfg))}}))
+        if tracker: tracker.finish(row, [csv_path, run_dir/'summary.json', run_dir/'params.yaml', run_dir/'test'/'figures'],
+                                   (train_info.get('train') or {}).get('log'))
         append_result(row, table)
         write_json_atomic(run_dir/'done.json', {'exp_id': eid, 'finished': row['timestamp'], 'per_image_csv': row['per_image_csv']})
     except BaseException as e:
         _mark_failed(run_dir, eid, stage, e)
+        if tracker:
+            try: tracker.fail(stage, e)
+            except Exception as te: warnings.warn(f"{eid}: could not mark the MLflow run {tracker.run_id} failed ({te})")
         if stage == 'write':
             try: remove_result(eid, table)   # the row may have gone in before the failure
             except Exception: pass
