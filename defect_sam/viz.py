@@ -17,8 +17,9 @@ from matplotlib.patches import Patch
 from .core import ConfigError, DataError, atomic_write
 
 # %% auto #0
-__all__ = ['ERROR_COLORS', 'save_figure', 'new_figure', 'error_map', 'overlay_errors', 'color_mask', 'plot_four_panel',
-           'plot_metric_distributions', 'plot_pr_curve', 'plot_threshold_curve']
+__all__ = ['ERROR_COLORS', 'ERROR_PALETTES', 'save_figure', 'new_figure', 'error_colors', 'error_legend', 'error_caption',
+           'error_map', 'overlay_errors', 'color_mask', 'plot_four_panel', 'plot_metric_distributions', 'plot_pr_curve',
+           'plot_threshold_curve']
 
 # %% ../nbs/13_viz.ipynb #ae5aae9a
 ERROR_COLORS = {'tp': (255, 255, 0), 'fp': (255, 0, 0), 'fn': (0, 255, 0)} # overlay colours (RGB)
@@ -46,6 +47,25 @@ def new_figure(width:float, height:float) -> Figure:
     FigureCanvasAgg(fig)
     return fig
 
+# %% ../nbs/13_viz.ipynb #75a8737d
+ERROR_PALETTES = {'default': ERROR_COLORS,
+                  'cb': {'tp': (0, 114, 178), 'fp': (213, 94, 0), 'fn': (240, 228, 66)}} # name -> overlay colours (RGB)
+_COLOR_NAMES = {(255, 255, 0): 'yellow', (255, 0, 0): 'red', (0, 255, 0): 'green', (0, 114, 178): 'blue',
+                (213, 94, 0): 'vermillion', (240, 228, 66): 'yellow'}
+
+def error_colors(palette:str='default') -> dict:
+    "'tp', 'fp', 'fn' -> RGB of an overlay palette ('default' or 'cb'); an unknown name is a `ConfigError`."
+    if palette not in ERROR_PALETTES: raise ConfigError(f"unknown palette {palette!r}; valid: {', '.join(ERROR_PALETTES)}")
+    return ERROR_PALETTES[palette]
+
+def error_legend(palette:str='default') -> list:
+    "Legend handles TP / FP / FN in the palette's colours."
+    return [Patch(color=np.array(c) / 255, label=k.upper()) for k, c in error_colors(palette).items()]
+
+def error_caption(palette:str='default') -> str:
+    "'TP yellow, FP red, FN green' for the palette."
+    return ', '.join(f"{k.upper()} {_COLOR_NAMES.get(tuple(c), str(c))}" for k, c in error_colors(palette).items())
+
 # %% ../nbs/13_viz.ipynb #19ca9160
 def _rgb(image:np.ndarray) -> np.ndarray:
     im = np.asarray(image)
@@ -64,13 +84,14 @@ def overlay_errors(image:np.ndarray, # HxWx3 uint8 (or HxW gray)
                    gt:np.ndarray, # HxW ground truth (binary or class index)
                    pred:np.ndarray, # HxW prediction (binary or class index)
                    alpha:float=0.6, # opacity of the colours
+                   palette:str='default', # 'default' (TP yellow, FP red, FN green) or 'cb' (colour-blind safe, `ERROR_PALETTES`)
                   ) -> np.ndarray: # HxWx3 uint8
-    "The image with TP pixels yellow, FP red and FN green."
+    "The image with TP, FP and FN pixels in the palette's colours (default: yellow, red, green)."
     im = _rgb(image)
     if im.shape[:2] != np.shape(gt): raise DataError(f"image {im.shape[:2]} and masks {np.shape(gt)} differ in size")
-    out = im.astype(np.float32)
+    out, colors = im.astype(np.float32), error_colors(palette)
     for k, m in error_map(gt, pred).items():
-        out[m] = (1 - alpha) * out[m] + alpha * np.array(ERROR_COLORS[k], np.float32)
+        out[m] = (1 - alpha) * out[m] + alpha * np.array(colors[k], np.float32)
     return out.round().astype(np.uint8)
 
 # %% ../nbs/13_viz.ipynb #50eb9577
