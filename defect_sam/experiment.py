@@ -774,8 +774,10 @@ def _run(cfg:ExperimentConfig, progress:bool, phase) -> ExperimentResult:
             'provenance': {'defect_sam_version': package_version(), 'git_commit': git_commit(), 'params_hash': cfg.params_hash,
                            'python': platform.python_version(), 'platform': platform.platform(),
                            'packages': _versions(), 'split_manifests': str(manifest_dir(cfg))}}))
-        if tracker: tracker.finish(row, [csv_path, run_dir/'summary.json', run_dir/'params.yaml', run_dir/'test'/'figures'],
-                                   (train_info.get('train') or {}).get('log'))
+        if tracker:
+            tr = train_info.get('train') or {}
+            tracker.finish(row, [csv_path, run_dir/'summary.json', run_dir/'params.yaml', run_dir/'test'/'figures'], tr.get('log'),
+                           Path(tr['out_dir'])/'train'/'results.csv' if train_info.get('trainer') == 'ultralytics' else None)
         append_result(row, table)
         write_json_atomic(run_dir/'done.json', {'exp_id': eid, 'finished': row['timestamp'], 'per_image_csv': row['per_image_csv']})
     except BaseException as e:

@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from .core import ConfigError, git_commit
+from .core import ConfigError, DataError, git_commit
 
 # %% auto #0
 __all__ = ['TRACKERS', 'PHASES', 'check_track', 'tracking_uri', 'mlflow_experiment_name', 'metric_name', 'row_metrics', 'caveats',
-           'log_training_history', 'MlflowRun', 'terminal_stream', 'terminal_progress', 'progress_bar', 'RunProgress']
+           'log_training_history', 'log_yolo_history', 'MlflowRun', 'terminal_stream', 'terminal_progress',
+           'progress_bar', 'RunProgress']
 
 # %% ../nbs/54_tracking.ipynb #109efa0c
 TRACKERS = ('mlflow', 'tensorboard')
@@ -81,6 +82,21 @@ def log_training_history(client, # an MlflowClient
     for i in range(0, len(new), 1000): client.log_batch(run_id, metrics=new[i:i + 1000])
     return len(new)
 
+def log_yolo_history(client, # an MlflowClient
+                     run_id:str, # the MLflow run
+                     results_csv:str|Path, # ultralytics' per-epoch results.csv
+                    ) -> int: # metric values logged
+    "Log ultralytics' per-epoch table as `yolo/<column>` metrics at step = epoch (names made MLflow-safe)."
+    from mlflow.entities import Metric
+    t = pd.read_csv(results_csv)
+    t.columns = [c.strip() for c in t.columns]
+    if 'epoch' not in t: raise DataError(f"{results_csv}: no 'epoch' column; not an ultralytics results.csv")
+    ts = int(time.time() * 1000)
+    new = [Metric(f'yolo/{metric_name(c)}', float(v), ts, int(r['epoch'])) for r in t.to_dict('records')
+           for c, v in r.items() if c != 'epoch' and isinstance(v, (int, float)) and math.isfinite(v)]
+    for i in range(0, len(new), 1000): client.log_batch(run_id, metrics=new[i:i + 1000])
+    return len(new)
+
 class MlflowRun:
     "One experiment run as one MLflow run: opened before training, closed with the results row (`finish`) or an error (`fail`)."
     def __init__(self, cfg): # an ExperimentConfig
@@ -108,16 +124,18 @@ class MlflowRun:
 
     def finish(self, row:dict, # the results row
                files:list=(), # files and folders to attach (missing ones skipped)
-               log_csv:str|Path|None=None): # the training log, for the steps the run did not see
+               log_csv:str|Path|None=None, # the training log, for the steps the run did not see
+               yolo_csv:str|Path|None=None): # a YOLO run's ultralytics results.csv (per-epoch curves)
         "Log the row (metrics, tags) and the files, fill in the training curve, and close the run."
         try:
             if log_csv is not None and Path(log_csv).exists(): log_training_history(self.client, self.run_id, log_csv)
+            if yolo_csv is not None and Path(yolo_csv).exists(): log_yolo_history(self.client, self.run_id, yolo_csv)
             from mlflow.entities import Metric, RunTag
             ts = int(time.time() * 1000)
             tags = {k: str(row[k]) for k in ('prompt_regime', 'weights', 'variant', 'threshold_from') if row.get(k) is not None}
             self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, 0) for k, v in row_metrics(row).items()],
                                   tags=[RunTag(k, v) for k, v in {**tags, 'caveats': caveats(row) or 'none'}.items()])
-            for f in map(Path, [*files, *([log_csv] if log_csv else [])]):
+            for f in map(Path, [*files, *([log_csv] if log_csv else []), *([yolo_csv] if yolo_csv else [])]):
                 if f.is_dir(): self.client.log_artifacts(self.run_id, str(f), f.name)
                 elif f.is_file(): self.client.log_artifact(self.run_id, str(f))
             self.client.set_terminated(self.run_id, 'FINISHED')
