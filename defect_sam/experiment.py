@@ -729,7 +729,8 @@ def _run(cfg:ExperimentConfig, progress:bool, phase) -> ExperimentResult:
         {'exp_id': eid, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key, 'inference_key': cfg.inference_key}, sort_keys=False))
     stage, t0, tracker = 'data', time.perf_counter(), None
     try:
-        if cfg.track and 'mlflow' in cfg.track: tracker = MlflowRun(cfg)
+        lw = (cfg.train_options or {}).get('log_with') if _family(cfg.model) in ('sam2', 'unet') else None
+        if 'mlflow' in [*(cfg.track or []), *([lw] if isinstance(lw, str) else lw or [])]: tracker = MlflowRun(cfg)   # one MLflow run
         phase('data')
         seed_everything(cfg.seed)
         with MemoryMonitor() as mon:

@@ -17,7 +17,7 @@ from .core import ConfigError, DataError, params_hash
 from .evaluate import evaluate_saved, load_probabilities, safe_name
 from .experiment import ExperimentConfig, experiment_data, resolve_path
 from .postprocess import PostProcess
-from .report import load_results, per_image
+from .report import load_results, per_image, short_labels
 from .viz import error_legend, new_figure, overlay_errors
 
 # %% auto #0
@@ -25,14 +25,14 @@ __all__ = ['SORTS', 'IMAGE_FILTERS', 'demo_results', 'explorable_runs', 'SavedRu
            'test_images', 'rescore', 'image_iou', 'plot_image', 'figure_png', 'Explorer']
 
 # %% ../nbs/55_explore.ipynb #be2dab76
-def demo_results(results_dir:str|Path, # folder to fill (kept when it already holds the two runs)
-                 seeds:tuple=(0, 1)) -> Path:
-    "A tiny results folder for examples and tests: U-Nets from random weights, one step, 64-pixel synthetic images."
+def demo_results(results_dir:str|Path, # folder to fill (kept when it already holds the runs)
+                 thresholds:tuple=(0.5, 0.3)) -> Path: # one run per threshold (one training, shared)
+    "A tiny results folder for examples and tests: a U-Net from random weights, one step, 64-pixel synthetic images, at two thresholds."
     from defect_sam.experiment import run_experiment, run_status
     base = dict(model='unet', weights='random', img_size=64, device='cpu', n_figures=0, steps=1, batch_size=2,
                 dataset_options={'n_images': 12, 'height': 32, 'width': 64}, split=[0.5, 0.25, 0.25], results_dir=str(results_dir))
-    for s in seeds:
-        cfg = ExperimentConfig(**base, seed=s)
+    for t in thresholds:
+        cfg = ExperimentConfig(**base, threshold=t)
         if run_status(results_dir, cfg.exp_id) != 'done': run_experiment(cfg, progress=False)
     return Path(results_dir)
 
@@ -89,13 +89,6 @@ class SavedRun:
             return m
         return PostProcess.from_spec(self.row.get('postprocess') or 'none')(self.probabilities(sample.id), sample.image, threshold)
 
-def _unique_labels(rows:list) -> list:
-    labels = [r['label'] for r in rows]
-    for extra in (lambda r: f"s{r['seed']:g}" if isinstance(r['seed'], float) else f"s{r['seed']}", lambda r: r['exp_id'][-8:]):
-        dup = {l for l in labels if labels.count(l) > 1}
-        labels = [f'{l} {extra(r)}' if l in dup else l for l, r in zip(labels, rows)]
-    return labels
-
 def load_runs(results_dir:str|Path, # the results folder
               exp_ids:list, # two or more runs (one is allowed)
              ) -> list[SavedRun]:
@@ -107,7 +100,7 @@ def load_runs(results_dir:str|Path, # the results folder
         if not len(r): raise DataError(f"{Path(results_dir)/'experiments.csv'}: no run {e!r}")
         rows.append(r.iloc[-1].to_dict())
     runs = []
-    for r, lab in zip(rows, _unique_labels(rows)):
+    for r, lab in zip(rows, short_labels(rows)):
         d, tab = _pred_dir(results_dir, r), per_image(results_dir, r)
         if d is None or tab is None:
             raise DataError(f"run {r['exp_id']}: no saved test predictions or per-image table under {resolve_path(results_dir, r['run_dir'])}")
@@ -183,7 +176,7 @@ def plot_image(sample, # a test Sample
     gt = _gt(sample, runs[0])
     H, W = sample.shape
     n = len(runs) + 2
-    vertical = W >= 2 * H                                # wide strips: one panel per row
+    vertical = W >= 4 * H                                # wide strips (Severstal 1600x256): one panel per row
     fig = new_figure(width, (n * (width * H / W + 0.3) if vertical else width / n * H / W + 0.4) + 0.35)
     axes = fig.subplots(n, 1) if vertical else fig.subplots(1, n)
     panels = [('image', sample.image), ('ground truth', overlay_errors(sample.image, gt, gt, palette=palette))]
@@ -244,9 +237,12 @@ class Explorer:
         s = self.test[self.order[self.position]]
         masks = None if self.threshold is None else [r.mask(s, self.threshold) for r in self.runs]
         fig = plot_image(s, self.runs, masks, self.palette)
+        from defect_sam.tracking import caveats
+        warn = sorted({c for r in self.runs for c in caveats(r.row).split(', ') if c})
         fig.suptitle(f"{s.id} ({'defect' if self.cmp.loc[s.id, 'gt_defect'] else 'defect-free'}; image {self.position + 1} of "
                      f"{len(self.order)}, by {self.sort}"
-                     f"{', threshold ' + format(self.threshold, 'g') if self.threshold is not None else ''})", fontsize=8)
+                     f"{', threshold ' + format(self.threshold, 'g') if self.threshold is not None else ''})"
+                     + (f"\n{', '.join(warn)}: the numbers measure nothing" if warn else ''), fontsize=8)
         return fig
 
     def static_view(self):

@@ -482,11 +482,12 @@ _SHORT_MODELS = {'sam2_zeroshot': 'SAM2 0-shot', 'sam2_full': 'SAM2 full', 'sam2
                  'yolo_seg': 'YOLO-seg', 'yolo_sam2': 'YOLO+SAM2'}
 
 def short_labels(rows:list) -> list:
-    "Column labels for a figure: the model's short name, plus only what tells the runs apart (rank, prompt, subset, seed)."
+    "Column labels for a figure: the model's short name, plus only what tells the runs apart (rank, prompt, subset, seed, threshold)."
     g = lambda r, k: None if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r.get(k))) else r.get(k)
     labels = [_SHORT_MODELS.get(r['model'], str(r['model'])) + (f" r{_fmt(g(r, 'lora_rank'))}" if r['model'] == 'sam2_lora' else '')
               for r in rows]
-    for k, fmt in (('prompt_type', str), ('subset_size', lambda v: f'n={_fmt(v)}'), ('seed', lambda v: f's{_fmt(v)}')):
+    for k, fmt in (('prompt_type', str), ('subset_size', lambda v: f'n={_fmt(v)}'), ('seed', lambda v: f's{_fmt(v)}'),
+                   ('threshold', lambda v: f't={_fmt(v)}')):
         differ = {l for l in labels if len({str(g(r, k)) for l2, r in zip(labels, rows) if l2 == l}) > 1}   # k tells these apart
         labels = [f'{l} {fmt(g(r, k))}' if l in differ and g(r, k) is not None else l for l, r in zip(labels, rows)]
     return [l if labels.count(l) == 1 else f'{l} #{k + 1}' for k, l in enumerate(labels)]

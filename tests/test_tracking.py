@@ -62,11 +62,13 @@ def test_grid_is_one_mlflow_experiment_with_rows_and_curves(tmp_path, monkeypatc
 
 
 def test_failed_run_is_marked_failed(tmp_path, monkeypatch):
+    "Also: train_options: {log_with: mlflow} alone opens the run (the experiment's MLflow run, not Accelerate's own)."
     from defect_sam.core import DataError
     from defect_sam.experiment import run_experiment
     monkeypatch.delenv('MLFLOW_TRACKING_URI', raising=False)
     with pytest.raises(DataError):
-        run_experiment({**TINY, 'weights': str(tmp_path/'missing.pt'), 'results_dir': str(tmp_path), 'track': 'mlflow'}, progress=False)
+        run_experiment({**TINY, 'weights': str(tmp_path/'missing.pt'), 'results_dir': str(tmp_path),
+                        'train_options': {**TINY['train_options'], 'log_with': 'mlflow'}}, progress=False)
     _, runs = _runs(tmp_path, 'defect-sam')
     assert len(runs) == 1 and runs[0].info.status == 'FAILED' and runs[0].data.tags['failed_stage'] == 'model'
 
