@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument('--seed', type=int, default=0, help='bootstrap seed (default: 0)')
     rep.add_argument('--compare', nargs=2, action='append', metavar=('A', 'B'),
                      help='a paired comparison of two runs (exp_ids or labels); repeatable (default: the two best)')
+    rep.add_argument('--palette', choices=('default', 'cb'), default='default',
+                     help='error overlay colours: default (TP yellow, FP red, FN green) or cb (colour-blind safe: blue, vermillion, yellow)')
     sub.add_parser('models', help='list the registered models')
     x = sub.add_parser('export', help="export a finished run's model (U-Net family, SAM2 with LoRA merged) as ONNX",
                        description='Write <run_dir>/export/model.onnx (U-Nets) or sam2_encoder.onnx + sam2_decoder.onnx (SAM2), and export.json.')
@@ -156,7 +158,8 @@ def _grid(ns) -> int:
 
 def _report(ns) -> int:
     from defect_sam.report import build_report
-    figs = build_report(ns.results_dir, ns.out_dir, ns.metric, [tuple(c) for c in ns.compare] if ns.compare else None, ns.n_boot, ns.seed)
+    figs = build_report(ns.results_dir, ns.out_dir, ns.metric, [tuple(c) for c in ns.compare] if ns.compare else None, ns.n_boot, ns.seed,
+                        ns.palette)
     for k, f in figs.items():
         print(f"{k}: {', '.join(str(p) for p in f.paths)}" if f.ok else f"{k}: skipped: {f.message}")
         if f.ok and f.message: print(f'  note: {f.message}')

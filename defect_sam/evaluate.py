@@ -181,7 +181,8 @@ def iter_predictions(model, # a Segmenter
             yield Prediction(s, gt, p, times.get(k, float('nan')), ps[k], k not in out)
     n = len(dataset) if hasattr(dataset, '__len__') else None
     chunk = []
-    for s in tqdm(dataset, total=n, disable=not progress, desc=desc or f'evaluate {name}', leave=False):
+    from defect_sam.tracking import progress_bar   # a text bar on the terminal under `tracking.terminal_progress`
+    for s in progress_bar(dataset, total=n, disable=not progress, desc=desc or f'evaluate {name}', leave=False):
         chunk.append(s)
         if len(chunk) == batch_size: yield from run(chunk); chunk = []
     if chunk: yield from run(chunk)
@@ -347,8 +348,9 @@ def iter_saved(save_dir:str|Path, # folder given to `evaluate(save_dir=...)`
     class_aware = bool(meta['class_aware'])
     C, _ = _num_classes(dataset, class_aware)
     d = Path(save_dir)/'predictions'
-    for s in tqdm(dataset, total=len(dataset) if hasattr(dataset, '__len__') else None, disable=not progress,
-                  desc='re-evaluate', leave=False):
+    from defect_sam.tracking import progress_bar
+    for s in progress_bar(dataset, total=len(dataset) if hasattr(dataset, '__len__') else None, disable=not progress,
+                          desc='re-evaluate', leave=False):
         if s.id not in idx.index: raise DataError(f"{d/'index.csv'}: no saved prediction for image {s.id!r}")
         r = idx.loc[s.id]
         p = check_probs(load_probabilities(d/r['prob_file']), f"{d/r['prob_file']}")

@@ -99,6 +99,8 @@ class ExperimentConfig:
     ensemble: list|None = None # model 'ensemble': exp_ids of finished runs (in results_dir) whose saved val and test probabilities are averaged
     ensemble_weights: list|None = None # model 'ensemble': one weight per run, normalised to sum 1; None: equal weights
     peft_method: str = 'lora' # sam2_lora adapters (peft): lora, dora (LoRA + magnitude, use_dora), layernorm (LayerNorm only, as SAC), bias_layernorm (LayerNorm and biases); lora_strategy is their scope, lora_rank/alpha/dropout only for lora, dora
+    track: list|str|None = None # experiment tracking: mlflow, tensorboard or both (training curves through Accelerate; MLflow: one run per experiment with params, row, files); None: off
+    track_experiment: str|None = None # MLflow experiment of the run (None: $MLFLOW_EXPERIMENT_NAME, else 'defect-sam'; a grid: its name)
 
     def __post_init__(self): self.validate()
 
@@ -230,6 +232,7 @@ def train_config(cfg:ExperimentConfig, # the experiment (a SAM2 or U-Net model)
     if _family(cfg.model) == 'gate':   # image labels as (B, C, 1, 1) logits: plain BCE; thresholds are calibrated after training
         if opts.get('val_every') is not None: raise ConfigError("train_options val_every: a gate is not validated during training (val mIoU does not rank a classifier)")
         kw |= {k: v for k, v in dict(val_every=None, dice_weight=0.0, focal_gamma=0.0).items() if k not in opts}
+    if cfg.track and 'log_with' not in opts: kw['log_with'] = list(cfg.track)   # Accelerate's trackers log the curves
     try: tc = TrainConfig(**kw, **opts)
     except TypeError as e: raise ConfigError(f"train_options: {e}") from None
     if _family(cfg.model) != 'sam2' and (tc.loss != 'dice_focal' or tc.correction_iters):
@@ -292,6 +295,8 @@ def _validate(self:ExperimentConfig):
         if str(PostProcess.from_spec(self.postprocess)) != 'none': raise ConfigError("postprocess: a gate run has no masks to post-process; use 'none'")
         if self.weights not in ('auto', 'random'): raise ConfigError(f"weights={self.weights!r}: a gate starts from 'auto' (ImageNet) or 'random' weights")
     if self.gate is not None and not _NAME_RE.match(self.gate): raise ConfigError(f"gate={self.gate!r} is not an exp_id")
+    from defect_sam.tracking import check_track
+    self.track = check_track(self.track) or None
     if self.trains and fam in ('sam2', 'unet', 'gate'): train_config(self)   # the trainer's own checks (train_options, prompt, augment)
     if self.prompt_source != 'gt' and fam != 'sam2':
         raise ConfigError(f"prompt_source={self.prompt_source!r}: detector prompts are for the SAM2 models; {self.model!r} takes no prompts")
@@ -606,6 +611,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
                            model, # from build_experiment_model
                            parts:dict, # train/val/test splits
                            progress:bool=True, # progress bars
+                           tracking:dict|None=None, # TrainConfig tracker options (the open MLflow run: `tracking.MlflowRun.train_options`)
                           ) -> dict: # ckpt_path, train_time_s, wd, steps, and the trainer's own record
     "Train `model` for `cfg` (resuming an interrupted training); returns facts for the results row."
     out = checkpoint_dir(cfg); out.mkdir(parents=True, exist_ok=True)
@@ -628,6 +634,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
             from defect_sam.train import train
             has_val = len(parts['val']) > 0
             tc = train_config(cfg, progress, has_val)
+            for k, v in (tracking or {}).items(): setattr(tc, k, v)   # run-only fields: hashes unchanged
             res = train(model, parts['train'], parts['val'] if has_val else None, tc, out, resume=True)
             wd = tc.weight_decay if tc.weight_decay is not None else model.default_weight_decay
             info = {'ckpt_path': str(res.best_checkpoint or res.last_checkpoint), 'wd': wd, 'trainer': 'defect_sam.train',
@@ -667,8 +674,10 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
                       model, # the (trained) model
                       parts:dict, # the splits
                       run_dir:Path, # the run's folder: val/ and test/ are written in it
-                      progress:bool=True) -> tuple: # (val EvalResult or None, test EvalResult, threshold, threshold_from)
+                      progress:bool=True, # progress bars
+                      phase=None) -> tuple: # called with 'evaluate val' / 'evaluate test' as each starts (`tracking.RunProgress`)
     "Choose the threshold (fixed or calibrated on val), score val at it, then evaluate the test split."
+    phase = phase or (lambda *a: None)
     if _family(cfg.model) == 'gate':
         from defect_sam.gate import gate_validate_and_test
         return gate_validate_and_test(cfg, model, parts, run_dir, progress)
@@ -684,6 +693,7 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
     if (metric is not None or per_class) and not len(parts['val']):
         raise ConfigError(f"threshold={cfg.threshold!r}, postprocess={cfg.postprocess!r} needs a validation split; split={cfg.split} leaves none")
     if len(parts['val']):
+        phase('evaluate val', f"({len(parts['val'])} images)")
         val = evaluate(model, parts['val'], threshold=0.5 if fixed is None else fixed, postprocess=live_postprocess(pp), save_dir=run_dir/'val',
                        n_figures=0, progress=progress, calibrate_metric=metric, **kw)
         if metric is not None:
@@ -692,6 +702,7 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
         if per_class:
             pp, fixed, thr_from, cal = _per_class_val(cfg, run_dir/'val', parts['val'], progress)
             val = evaluate_saved(run_dir/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
+    phase('evaluate test', f"({len(parts['test'])} images)")
     test = evaluate(model, parts['test'], threshold=_eval_threshold(fixed), postprocess=pp, save_dir=run_dir/'test', n_figures=cfg.n_figures,
                     progress=progress, **kw)
     if cal is not None: test.extras['per_class_calibration'] = cal
@@ -902,11 +913,19 @@ def run_status(results_dir:str|Path, exp_id:str) -> str:
     return 'partial' if d.exists() else 'new'
 
 def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a config, a dict, or None for the defaults)
-                   progress:bool=True, # progress bars
+                   progress:bool|str=True, # True: bars, phase lines on stderr; 'terminal': text bars and phases on the terminal only (not in a notebook); False: none
                    **overrides) -> ExperimentResult: # parameters laid over `cfg`
     "Run one experiment: data, model, training, threshold, validation and test evaluation, files, and its results row."
+    from defect_sam.tracking import RunProgress, terminal_progress
     if isinstance(cfg, ExperimentConfig): cfg = ExperimentConfig.from_dict(cfg.to_dict(), **overrides)
     else: cfg = ExperimentConfig.from_dict(cfg or {}, 'run_experiment', **overrides)
+    if progress == 'terminal':
+        with terminal_progress() as s: return _run(cfg, True, RunProgress(cfg.exp_id, s))
+    return _run(cfg, bool(progress), RunProgress(cfg.exp_id, sys.stderr if progress else None))
+
+def _run(cfg:ExperimentConfig, progress:bool, phase) -> ExperimentResult:
+    "The body of `run_experiment`; `phase` reports each phase as it starts."
+    from defect_sam.tracking import MlflowRun
     results, eid = Path(cfg.results_dir), cfg.exp_id
     run_dir = results/eid
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -915,8 +934,11 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
     for m in ('done.json', 'FAILED.json'): (run_dir/m).unlink(missing_ok=True)
     write_text_atomic(run_dir/'params.yaml', cfg.to_yaml() + yaml.safe_dump(
         {'exp_id': eid, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key, 'inference_key': cfg.inference_key}, sort_keys=False))
-    stage, t0 = 'data', time.perf_counter()
+    stage, t0, tracker = 'data', time.perf_counter(), None
     try:
+        lw = (cfg.train_options or {}).get('log_with') if _family(cfg.model) in ('sam2', 'unet') else None
+        if 'mlflow' in [*(cfg.track or []), *([lw] if isinstance(lw, str) else lw or [])]: tracker = MlflowRun(cfg)   # one MLflow run
+        phase('data')
         seed_everything(cfg.seed)
         with MemoryMonitor() as mon:
             parts = experiment_data(cfg)
@@ -924,6 +946,7 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
             train_info, src_row, model_info = {}, None, {}
             if cfg.skip_inference or cfg.model == 'ensemble':
                 stage = 'rescore'
+                phase('evaluate test', '(re-scoring saved predictions)')
                 if cfg.skip_inference: source, src_row = _saved_source(cfg, run_dir)
                 else:   # an ensemble: the mean of its members' saved probabilities, then scored like saved predictions
                     from defect_sam.ensemble import average_saved_runs
@@ -931,18 +954,18 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
                 val, test, thr, thr_from = rescore_saved(cfg, parts, source, progress)
                 model_info = test.extras.get('model', {})
             else:
-                stage = 'model'
+                stage = 'model'; phase('model', f'({cfg.model})')
                 if cfg.gate is not None:   # a gate from another split fails here, before any training
                     from defect_sam.gate import check_gate
                     check_gate(cfg, parts)
                 model = build_experiment_model(cfg, parts['train'])
                 if cfg.trains:
-                    stage = 'train'
-                    train_info = train_experiment_model(cfg, model, parts, progress)
+                    stage = 'train'; phase('train', f"({cfg.steps} steps, {n['train']} images)")
+                    train_info = train_experiment_model(cfg, model, parts, progress, tracker.train_options() if tracker else None)
                 stage = 'evaluate'
-                val, test, thr, thr_from = validate_and_test(cfg, model, parts, run_dir, progress)
+                val, test, thr, thr_from = validate_and_test(cfg, model, parts, run_dir, progress, phase)
                 model_info = model.info()
-        stage = 'write'
+        stage = 'write'; phase('write')
         total = time.perf_counter() - t0
         now = dt.datetime.now()
         csv_path = run_dir/'per_image.csv'   # named below, once the row is known
@@ -966,10 +989,17 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
             'provenance': {'defect_sam_version': package_version(), 'git_commit': git_commit(), 'params_hash': cfg.params_hash,
                            'python': platform.python_version(), 'platform': platform.platform(),
                            'packages': _versions(), 'split_manifests': str(manifest_dir(cfg))}}))
+        if tracker:
+            tr = train_info.get('train') or {}
+            tracker.finish(row, [csv_path, run_dir/'summary.json', run_dir/'params.yaml', run_dir/'test'/'figures'], tr.get('log'),
+                           Path(tr['out_dir'])/'train'/'results.csv' if train_info.get('trainer') == 'ultralytics' else None)
         append_result(row, table)
         write_json_atomic(run_dir/'done.json', {'exp_id': eid, 'finished': row['timestamp'], 'per_image_csv': row['per_image_csv']})
     except BaseException as e:
         _mark_failed(run_dir, eid, stage, e)
+        if tracker:
+            try: tracker.fail(stage, e)
+            except Exception as te: warnings.warn(f"{eid}: could not mark the MLflow run {tracker.run_id} failed ({te})")
         if stage == 'write':
             try: remove_result(eid, table)   # the row may have gone in before the failure
             except Exception: pass

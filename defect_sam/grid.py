@@ -114,6 +114,7 @@ def expand_grid(grid:str|Path|dict, # a grid YAML file, YAML text, or a dict
                 varied = {'model': m, **dict(zip(axes, combo))}
                 params = {**fixed, **varied}
                 if rdir is not None: params['results_dir'] = str(rdir)
+                params.setdefault('track_experiment', g.get('name') or (Path(where).stem if where != 'grid' else None))   # one MLflow experiment per grid
                 cfg = ExperimentConfig.from_dict(params, f"{where}: sweep {s['name']!r}, model {m!r}, run {k} {varied}")
                 if cfg.exp_id in seen: continue
                 seen.add(cfg.exp_id)
@@ -189,7 +190,7 @@ def run_grid(grid:str|Path|dict, # a grid YAML file, YAML text, or a dict
     "Run every run of a grid that is not done yet; failures are reported, not fatal."
     runs = expand_grid(grid, results_dir)
     status = grid_status(runs)
-    log = log or (lambda *a, **k: None)
+    quiet, log = log is None, log or (lambda *a, **k: None)
     if dry_run:
         return GridReport(status.assign(outcome=status.status.map(lambda s: 'skip (done)' if s == 'done' else 'would run'),
                                         seconds=0.0, error=None))
@@ -202,11 +203,13 @@ def run_grid(grid:str|Path|dict, # a grid YAML file, YAML text, or a dict
                          'seconds': 0.0, 'error': None if st == 'done' else _failure(r.config, RuntimeError('failed before'))})
             log(f"{head}: {'done, skipped' if st == 'done' else 'failed before, not rerun'}")
             continue
-        log(f"{head}: {'resuming' if st in ('partial', 'failed') else 'running'}")
+        todo = sum(1 for s in status.status[k + 1:] if s != 'done')
+        log(f"{head}: {'resuming' if st in ('partial', 'failed') else 'running'} "
+            f"({sum(o['outcome'] == 'ran' for o in rows)} ran, {todo} to do after it)")
         t0, err = time.perf_counter(), None
-        try:
+        try:   # the run's phases and step bars go to the terminal (the notebook's kernel writes to its own stderr)
             if notebook: run_in_notebook(r.config, template)
-            else: run_experiment(r.config, progress=False)
+            else: run_experiment(r.config, progress=False if quiet else 'terminal')
         except KeyboardInterrupt: raise
         except Exception as e: err = _failure(r.config, e)
         dt = time.perf_counter() - t0

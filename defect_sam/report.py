@@ -26,7 +26,7 @@ __all__ = ['RANKINGS', 'RANKING_TITLES', 'METRICS', 'POOLED', 'ReportFigure', 'n
            'save_report_figure', 'in_ranking', 'run_label', 'config_key', 'load_results', 'per_image', 'metric_values',
            'bootstrap', 'leaderboard', 'plot_leaderboard', 'paired_comparison', 'plot_paired', 'plot_data_efficiency',
            'plot_lora_vs_full', 'plot_prompt_comparison', 'pareto_front', 'plot_speed_accuracy', 'best_per_model',
-           'plot_metric_distributions', 'plot_qualitative', 'build_report']
+           'plot_metric_distributions', 'short_labels', 'plot_qualitative', 'build_report']
 
 # %% ../nbs/52_report.ipynb #23176865
 @dataclass
@@ -58,7 +58,9 @@ def save_report_figure(fig:Figure, # the figure
                        out_dir:str|Path, # the figures folder
                        formats:tuple=('png', 'pdf'), # one file per format
                        dpi:int=200) -> list[Path]:
-    "Write `fig` as `<name>.png` and `<name>.pdf` in `out_dir`, each atomically."
+    "Write `fig` as `<name>.png` and `<name>.pdf` in `out_dir`, each atomically, sized for print (`viz.fit_for_print`)."
+    from defect_sam.viz import fit_for_print
+    fit_for_print(fig)                 # legible on a thesis page: text >= 7 pt when the figure is placed 16 cm wide
     paths = []
     for fmt in formats:
         buf = io.BytesIO()
@@ -531,14 +533,41 @@ def _saved_mask(run_dir:Path, image_id:str) -> np.ndarray|None:
     p = run_dir/'test'/'predictions'/f'{safe_name(image_id)}.png'
     return cv2.imread(str(p), cv2.IMREAD_UNCHANGED) if p.exists() else None
 
+_SHORT_MODELS = {'sam2_zeroshot': 'SAM2 0-shot', 'sam2_full': 'SAM2 full', 'sam2_lora': 'SAM2 LoRA', 'unet': 'U-Net',
+                 'unet_r50': 'U-Net R50', 'unetpp': 'U-Net++', 'dsc_unet': 'DSC U-Net', 'yolo_det': 'YOLO det',
+                 'yolo_seg': 'YOLO-seg', 'yolo_sam2': 'YOLO+SAM2'}
+
+def short_labels(rows:list) -> list:
+    "Column labels for a figure: the model's short name, plus only what tells the runs apart (rank, prompt, subset, seed, threshold)."
+    g = lambda r, k: None if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r.get(k))) else r.get(k)
+    labels = [_SHORT_MODELS.get(r['model'], str(r['model'])) + (f" r{_fmt(g(r, 'lora_rank'))}" if r['model'] == 'sam2_lora' else '')
+              for r in rows]
+    for k, fmt in (('prompt_type', str), ('subset_size', lambda v: f'n={_fmt(v)}'), ('seed', lambda v: f's{_fmt(v)}'),
+                   ('threshold', lambda v: f't={_fmt(v)}')):
+        differ = {l for l in labels if len({str(g(r, k)) for l2, r in zip(labels, rows) if l2 == l}) > 1}   # k tells these apart
+        labels = [f'{l} {fmt(g(r, k))}' if l in differ and g(r, k) is not None else l for l, r in zip(labels, rows)]
+    return [l if labels.count(l) == 1 else f'{l} #{k + 1}' for k, l in enumerate(labels)]
+
+def _short_id(iid:str, n:int=14) -> str: return iid if len(iid) <= n else iid[:n - 1] + '…'
+
+def _crop_start(masks:list, cw:int) -> int:
+    "Left edge of a `cw`-wide window centred on the defect pixels of `masks` (HxW), inside the image."
+    W = masks[0].shape[1]
+    cols = np.flatnonzero(np.any([np.asarray(m) > 0 for m in masks], axis=(0, 1)))
+    c = int(cols.mean()) if len(cols) else W // 2
+    return int(min(max(c - cw // 2, 0), W - cw))
+
 def plot_qualitative(results_dir:str|Path, exp_ids:list|None=None, # runs to show (default: best per model, at most 4)
                      image_ids:list|None=None, # test images (default: defects where the runs disagree most)
                      n_images:int=4, # images when chosen automatically
                      dataset:str|None=None, # the dataset (default: the one with most runs)
-                     out_dir:str|Path|None=None, results:pd.DataFrame|None=None, name:str='qualitative') -> ReportFigure:
-    "A grid of images (rows) by runs (columns): ground truth vs saved prediction overlays."
+                     out_dir:str|Path|None=None, results:pd.DataFrame|None=None, name:str='qualitative',
+                     palette:str='default', # error overlay colours: default (TP yellow, FP red, FN green) or cb (colour-blind safe)
+                    ) -> ReportFigure:
+    "A grid of test images (rows) by runs (columns): ground truth, then each run's TP/FP/FN overlay; short labels, one legend."
     from defect_sam.experiment import experiment_data
-    from defect_sam.viz import overlay_errors
+    from defect_sam.viz import error_colors, error_legend, overlay_errors
+    error_colors(palette)   # an unknown palette fails before any work
     df = load_results(results_dir) if results is None else results
     if not len(df): return ReportFigure(name, message=f'no runs in {results_dir}')
     d = dataset or df.dataset.value_counts().index[0]
@@ -566,25 +595,35 @@ def plot_qualitative(results_dir:str|Path, exp_ids:list|None=None, # runs to sho
         m = m[gt.astype(bool)] if gt.any() else m
         image_ids = list((m.max(axis=1) - m.min(axis=1)).sort_values(ascending=False, kind='stable').index[:n_images])
     if not image_ids: return ReportFigure(name, message='no common test images')
+    labels = short_labels([r for r, _ in runs])
     H, W = test[image_ids[0]].shape
-    fig = new_report_figure(2.6 * (len(runs) + 1) * min(W / H, 3), 2.6 * len(image_ids) + 0.6)
-    axes = fig.subplots(len(image_ids), len(runs) + 1, squeeze=False)
+    cw = min(W, 2 * H)                                  # wide strips are cropped to a 2:1 window around the defects
+    ncol, width = len(runs) + 1, 16 / 2.54
+    fig = new_report_figure(width, len(image_ids) * (width / ncol * H / cw + 0.12) + 0.5)
+    axes = fig.subplots(len(image_ids), ncol, squeeze=False)
     for i, iid in enumerate(image_ids):
         s = test[iid]
         gt = s.mask if cfg.class_aware else (s.mask > 0).astype(np.uint8)
-        axes[i, 0].imshow(overlay_errors(s.image, gt, np.zeros_like(gt))); axes[i, 0].set_title(f'{iid}: ground truth (green)', fontsize=6)
-        for j, (r, rd) in enumerate(runs):
-            pred = _saved_mask(rd, iid)
+        preds = [_saved_mask(rd, iid) for _, rd in runs]
+        x0 = _crop_start([gt] + [p for p in preds if p is not None], cw)
+        crop = lambda a: a[:, x0:x0 + cw]
+        axes[i, 0].imshow(crop(overlay_errors(s.image, gt, gt, palette=palette)))
+        axes[i, 0].set_ylabel(_short_id(iid) + (' (crop)' if cw < W else ''), fontsize=7)
+        for j, ((r, rd), pred) in enumerate(zip(runs, preds)):
             ax = axes[i, j + 1]
-            if pred is None: ax.text(0.5, 0.5, 'no saved prediction', ha='center', transform=ax.transAxes, fontsize=7)
-            else:
-                ax.imshow(overlay_errors(s.image, gt, pred))
-                t = tabs.get(r.exp_id)
-                iou = t.set_index('id').iou.get(iid, np.nan) if t is not None else np.nan
-                ax.set_title(f"{r['label']}\nIoU {iou:.3f}" if i == 0 else f'IoU {iou:.3f}', fontsize=6)
-        for ax in axes[i]: ax.set_axis_off()
-    fig.suptitle('TP yellow, FP red, FN green', fontsize=8)
-    tab = pd.DataFrame({'exp_id': [r.exp_id for r, _ in runs], 'label': [r['label'] for r, _ in runs]})
+            if pred is None: ax.text(0.5, 0.5, 'no saved\nprediction', ha='center', va='center', transform=ax.transAxes, fontsize=7); continue
+            ax.imshow(crop(overlay_errors(s.image, gt, pred, palette=palette)))
+            t = tabs.get(r.exp_id)
+            iou = t.set_index('id').iou.get(iid, np.nan) if t is not None else np.nan
+            ax.text(0.02, 0.04, f'{iou:.2f}', transform=ax.transAxes, fontsize=7, va='bottom',
+                    bbox=dict(boxstyle='square,pad=0.15', fc='white', ec='none', alpha=0.8))
+        for j, ax in enumerate(axes[i]):
+            ax.set_xticks([]); ax.set_yticks([])
+            for sp in ax.spines.values(): sp.set_visible(False)
+            if i == 0: ax.set_title('ground truth' if j == 0 else labels[j - 1], fontsize=7.5)
+    fig.legend(handles=error_legend(palette), loc='outside lower center', ncol=3, fontsize=7, frameon=False,
+               title='errors (ground truth in the TP colour; number: IoU of the image)', title_fontsize=7)
+    tab = pd.DataFrame({'exp_id': [r.exp_id for r, _ in runs], 'short_label': labels, 'label': [r['label'] for r, _ in runs]})
     return ReportFigure(name, save_report_figure(fig, name, out_dir or Path(results_dir)/'figures'), tab.assign(images=' '.join(image_ids)))
 
 # %% ../nbs/52_report.ipynb #1f4fd57f
@@ -594,6 +633,7 @@ def build_report(results_dir:str|Path='results', # the results folder
                  paired:list|None=None, # [(a, b), ...] exp_ids or labels to compare (default: the two best configurations)
                  n_boot:int=2000, # bootstrap resamples
                  seed:int=0, # bootstrap seed
+                 palette:str='default', # error overlay colours of the qualitative grid: default | cb (colour-blind safe)
                 ) -> dict[str, ReportFigure]:
     "Every report figure of a results folder, by name (missing data gives a message, never an error)."
     df = load_results(results_dir)
@@ -620,6 +660,7 @@ def build_report(results_dir:str|Path='results', # the results folder
         for rk in RANKINGS:
             figs[f'metric_distributions_{rk}{sfx}'] = plot_metric_distributions(
                 results_dir, metric=per_image_metric, dataset=d, out_dir=out, results=df, name=f'metric_distributions_{rk}{sfx}', ranking=rk)
-        figs[f'qualitative{sfx}'] = plot_qualitative(results_dir, dataset=d, out_dir=out, results=df, name=f'qualitative{sfx}')
+        figs[f'qualitative{sfx}'] = plot_qualitative(results_dir, dataset=d, out_dir=out, results=df, name=f'qualitative{sfx}',
+                                                     palette=palette)
     if not len(df): figs['all'] = ReportFigure('all', message=f'no runs in {results_dir}')
     return figs

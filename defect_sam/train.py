@@ -32,14 +32,14 @@ from .transforms import Augment
 __all__ = ['SAM2_LOSS_WEIGHTS', 'CHECKPOINT_FORMAT', 'TrainingError', 'TrainConfig', 'dice_loss', 'focal_loss', 'soft_skeleton',
            'skeleton_loss', 'segmentation_losses', 'sam2_loss_weights', 'sam2_losses', 'training_losses',
            'epoch_batches', 'warmup_cosine', 'make_optimizer', 'best_name', 'read_checkpoint', 'load_checkpoint',
-           'TrainResult', 'train']
+           'tracker_values', 'TrainResult', 'train']
 
 # %% ../nbs/40_train.ipynb #87a10252
 class TrainingError(DefectSamError, RuntimeError):
     "Training cannot go on (a non-finite loss, too many skipped steps); the message names the step."
 
 # %% ../nbs/40_train.ipynb #f7e4c7dd
-_RUN_ONLY = ('ckpt_every', 'log_every', 'log_with', 'num_workers', 'progress')
+_RUN_ONLY = ('ckpt_every', 'log_every', 'log_with', 'tracker_project', 'tracker_kwargs', 'num_workers', 'progress')
 _MIXED = ('auto', 'no', 'bf16', 'fp16')
 _TRAIN_PROMPTS = ('box', 'points_1', 'points_3', 'points_5', 'full_image')
 _LOSSES, _TRAIN_EMPTY = ('dice_focal', 'sam2'), ('negative_prompt', 'skip')
@@ -90,6 +90,8 @@ class TrainConfig:
     max_skips:int=5 # with 'skip': this many consecutive skipped steps raise a TrainingError
     log_every:int=10 # steps per training-log row
     log_with:str|list|None=None # Accelerate trackers: tensorboard, mlflow, wandb, ... (must be installed)
+    tracker_project:str|None=None # trackers' project: MLflow experiment, TensorBoard subfolder of out_dir; None: out_dir's name
+    tracker_kwargs:dict=field(default_factory=dict) # Accelerate `init_kwargs` per tracker, e.g. {'mlflow': {'run_id': ...}} to log into a run already open
     num_workers:int=0 # DataLoader worker processes that read and augment images
     find_unused_parameters:bool=True # DDP: SAM2 leaves some trainable parameters unused in a step
     progress:bool=True # show a progress bar
@@ -442,6 +444,13 @@ _LOG_COLS = ['step', 'epoch', 'kind', 'loss', 'loss_dice', 'loss_focal', 'loss_s
 def _write_log(path:Path, rows:list):
     with atomic_write(path, 'w') as f: pd.DataFrame(rows, columns=_LOG_COLS).to_csv(f, index=False)
 
+# %% ../nbs/40_train.ipynb #fc43e814
+def tracker_values(row:dict) -> dict:
+    "The metrics of one training-log row as trackers get them: `<kind>/<column>`, empty values left out."
+    kind = row['kind']
+    return {f"{kind}/{k.removeprefix(kind + '_')}": float(v) for k, v in row.items()
+            if k not in ('step', 'kind', 'time_s') and v is not None and not (isinstance(v, float) and math.isnan(v))}
+
 # %% ../nbs/40_train.ipynb #f3f47d52
 @dataclass
 class TrainResult:
@@ -590,10 +599,12 @@ class _Run:
         stream = iter(torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=_samples, num_workers=cfg.num_workers,
                                                   generator=torch.Generator().manual_seed(cfg.seed)))
         if self.trackers:
-            self.acc.init_trackers(self.out.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                         for k, v in asdict(cfg).items()})
+            self.acc.init_trackers(cfg.tracker_project or self.out.name, config={f'train.{k}': v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                         for k, v in asdict(cfg).items() if k not in ('tracker_project', 'tracker_kwargs')},
+                                   init_kwargs=cfg.tracker_kwargs or None)
         self.t0 = time.perf_counter()
-        self.bar = tqdm(total=cfg.steps, initial=st['step'], disable=not (cfg.progress and self.main), desc='train', leave=False)
+        from defect_sam.tracking import progress_bar   # a text bar on the terminal under `tracking.terminal_progress`
+        self.bar = progress_bar(total=cfg.steps, initial=st['step'], disable=not (cfg.progress and self.main), desc='train', leave=False)
         while st['done'] is None:
             step, lr = st['step'] + 1, self.sched.get_last_lr()[0]
             sums, gn, bad = self._step(stream, step)
@@ -653,7 +664,7 @@ class _Run:
     def _log(self, row:dict):
         self.state['history'].append({**row, 'time_s': self.state['time_s'] + time.perf_counter() - self.t0})
         if self.main: _write_log(self.out/'log.csv', self.state['history'])
-        if self.trackers: self.acc.log({k: v for k, v in row.items() if k not in ('step', 'kind') and v is not None}, step=row['step'])
+        if self.trackers: self.acc.log(tracker_values(row), step=row['step'])
 
     def _log_train(self, step:int, epoch:float):
         "A training-log row: the mean loss parts of the steps since the last row (loss averaged over processes)."

@@ -17,8 +17,10 @@ from matplotlib.patches import Patch
 from .core import ConfigError, DataError, atomic_write
 
 # %% auto #0
-__all__ = ['ERROR_COLORS', 'save_figure', 'new_figure', 'error_map', 'overlay_errors', 'color_mask', 'plot_four_panel',
-           'plot_metric_distributions', 'plot_pr_curve', 'plot_threshold_curve']
+__all__ = ['ERROR_COLORS', 'ERROR_PALETTES', 'PRINT_WIDTH_CM', 'MIN_PRINT_PT', 'save_figure', 'new_figure', 'error_colors',
+           'error_legend', 'error_caption', 'error_map', 'overlay_errors', 'color_mask', 'plot_four_panel',
+           'saved_width', 'print_font_sizes', 'fit_for_print', 'plot_metric_distributions', 'plot_pr_curve',
+           'plot_threshold_curve']
 
 # %% ../nbs/13_viz.ipynb #ae5aae9a
 ERROR_COLORS = {'tp': (255, 255, 0), 'fp': (255, 0, 0), 'fn': (0, 255, 0)} # overlay colours (RGB)
@@ -46,6 +48,25 @@ def new_figure(width:float, height:float) -> Figure:
     FigureCanvasAgg(fig)
     return fig
 
+# %% ../nbs/13_viz.ipynb #75a8737d
+ERROR_PALETTES = {'default': ERROR_COLORS,
+                  'cb': {'tp': (0, 114, 178), 'fp': (213, 94, 0), 'fn': (240, 228, 66)}} # name -> overlay colours (RGB)
+_COLOR_NAMES = {(255, 255, 0): 'yellow', (255, 0, 0): 'red', (0, 255, 0): 'green', (0, 114, 178): 'blue',
+                (213, 94, 0): 'vermillion', (240, 228, 66): 'yellow'}
+
+def error_colors(palette:str='default') -> dict:
+    "'tp', 'fp', 'fn' -> RGB of an overlay palette ('default' or 'cb'); an unknown name is a `ConfigError`."
+    if palette not in ERROR_PALETTES: raise ConfigError(f"unknown palette {palette!r}; valid: {', '.join(ERROR_PALETTES)}")
+    return ERROR_PALETTES[palette]
+
+def error_legend(palette:str='default') -> list:
+    "Legend handles TP / FP / FN in the palette's colours."
+    return [Patch(color=np.array(c) / 255, label=k.upper()) for k, c in error_colors(palette).items()]
+
+def error_caption(palette:str='default') -> str:
+    "'TP yellow, FP red, FN green' for the palette."
+    return ', '.join(f"{k.upper()} {_COLOR_NAMES.get(tuple(c), str(c))}" for k, c in error_colors(palette).items())
+
 # %% ../nbs/13_viz.ipynb #19ca9160
 def _rgb(image:np.ndarray) -> np.ndarray:
     im = np.asarray(image)
@@ -64,13 +85,14 @@ def overlay_errors(image:np.ndarray, # HxWx3 uint8 (or HxW gray)
                    gt:np.ndarray, # HxW ground truth (binary or class index)
                    pred:np.ndarray, # HxW prediction (binary or class index)
                    alpha:float=0.6, # opacity of the colours
+                   palette:str='default', # 'default' (TP yellow, FP red, FN green) or 'cb' (colour-blind safe, `ERROR_PALETTES`)
                   ) -> np.ndarray: # HxWx3 uint8
-    "The image with TP pixels yellow, FP red and FN green."
+    "The image with TP, FP and FN pixels in the palette's colours (default: yellow, red, green)."
     im = _rgb(image)
     if im.shape[:2] != np.shape(gt): raise DataError(f"image {im.shape[:2]} and masks {np.shape(gt)} differ in size")
-    out = im.astype(np.float32)
+    out, colors = im.astype(np.float32), error_colors(palette)
     for k, m in error_map(gt, pred).items():
-        out[m] = (1 - alpha) * out[m] + alpha * np.array(ERROR_COLORS[k], np.float32)
+        out[m] = (1 - alpha) * out[m] + alpha * np.array(colors[k], np.float32)
     return out.round().astype(np.uint8)
 
 # %% ../nbs/13_viz.ipynb #50eb9577
@@ -115,6 +137,40 @@ def plot_four_panel(image:np.ndarray, # HxWx3 uint8
         axes[1].legend(handles=handles, loc='upper right', fontsize=7, framealpha=0.7)
     if title: fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi)
+
+# %% ../nbs/13_viz.ipynb #d3a0c817
+PRINT_WIDTH_CM, MIN_PRINT_PT = 16.0, 7.0 # thesis text width, smallest legible text
+
+def _texts(fig:Figure) -> list:
+    from matplotlib.text import Text
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+def saved_width(fig:Figure, pad_inches:float=0.1) -> float:
+    "The width (inches) `fig` has when saved with bbox_inches='tight' (after its layout is applied)."
+    fig.draw_without_rendering()
+    return fig.get_tightbbox(fig.canvas.get_renderer()).width + 2 * pad_inches
+
+def print_font_sizes(fig:Figure, width_cm:float=PRINT_WIDTH_CM) -> pd.DataFrame:
+    "Every visible text of `fig`: its font size and its size when the saved figure is placed `width_cm` wide (`printed_pt`)."
+    scale = width_cm / 2.54 / saved_width(fig)
+    return pd.DataFrame([{'text': t.get_text()[:40], 'size_pt': t.get_fontsize(), 'printed_pt': t.get_fontsize() * scale}
+                         for t in _texts(fig)], columns=['text', 'size_pt', 'printed_pt'])
+
+def fit_for_print(fig:Figure, width_cm:float=PRINT_WIDTH_CM, min_pt:float=MIN_PRINT_PT, tries:int=6) -> Figure:
+    "Resize `fig` and raise small fonts so that every text is at least `min_pt` when the figure is printed `width_cm` wide."
+    target = width_cm / 2.54
+    for t in _texts(fig):
+        if t is getattr(fig, '_suptitle', None) or t.get_text() in {a.get_title() for a in fig.axes}: t.set_wrap(True)   # long titles wrap
+    for _ in range(tries):
+        w = saved_width(fig)
+        if w > target * 1.002:
+            k = max((target - (w - fig.get_figwidth())) / fig.get_figwidth(), 0.3) if w - fig.get_figwidth() < target else 0.7
+            fig.set_size_inches(fig.get_figwidth() * k, fig.get_figheight() * k)
+            continue
+        small = [t for t in _texts(fig) if t.get_fontsize() * target / w < min_pt - 1e-6]
+        if not small: break
+        for t in small: t.set_fontsize(min_pt * w / target + 0.05)
+    return fig
 
 # %% ../nbs/13_viz.ipynb #f6d7543e
 def plot_metric_distributions(table:pd.DataFrame, # per-image table (EvalResult.table)
