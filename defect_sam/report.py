@@ -71,7 +71,7 @@ def save_report_figure(fig:Figure, # the figure
 # %% ../nbs/52_report.ipynb #88e6214b
 _CONFIG_COLUMNS = ('dataset', 'model', 'variant', 'subset_size', 'prompt_type', 'prompt_source', 'sam2_size', 'weights',
                    'lora_strategy', 'lora_rank', 'img_size', 'batch_size', 'steps', 'lr', 'wd', 'threshold_from', 'postprocess',
-                   'class_aware')
+                   'class_aware', 'gate')
 
 def _fmt(v) -> str:
     if isinstance(v, float) and v.is_integer(): return str(int(v))
@@ -92,6 +92,7 @@ def run_label(row) -> str:
     if g('lr') is not None and m not in ('sam2_zeroshot',): parts.append(f"lr={_fmt(g('lr'))}")
     if g('threshold_from') and g('threshold_from') != 'fixed': parts.append('thr:val')
     if g('postprocess') and g('postprocess') != 'none': parts.append(g('postprocess'))
+    if g('gate'): parts.append('+gate')
     return ' '.join(parts)
 
 def config_key(row) -> str:
