@@ -66,6 +66,9 @@ def test_predict_writes_masks_and_submission(unet_run, source, capsys):
         m = cv2.imread(str(out/'masks'/f'{s.id}.png'), cv2.IMREAD_UNCHANGED)
         assert m.shape == s.shape
         for c in range(1, 5): assert (rle_decode(sub.loc[f'{s.id}.png_{c}', 'EncodedPixels'], m.shape) == (m == c)).all()
+    for s in test:   # the run's own test masks (from 8-bit probabilities), up to pixels at the threshold
+        a = cv2.imread(str(res.run_dir/'test'/'predictions'/f'{s.id}.png'), cv2.IMREAD_UNCHANGED)
+        assert (a != cv2.imread(str(out/'masks'/f'{s.id}.png'), cv2.IMREAD_UNCHANGED)).mean() < 1e-2
     if source == 'onnx':   # the same masks as from the PyTorch model, up to pixels at the threshold
         for s in test:
             a = cv2.imread(str(d/'out_exp_id'/'masks'/f'{s.id}.png'), cv2.IMREAD_UNCHANGED)
