@@ -55,7 +55,7 @@ def config_from_args(ns:argparse.Namespace) -> ExperimentConfig:
 def build_parser() -> argparse.ArgumentParser:
     "The `defect-sam` argument parser."
     p = argparse.ArgumentParser(prog='defect-sam', description='SAM2, LoRA and baselines for industrial defect segmentation: experiments, grids, report.')
-    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,models,export,predict}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,models,export,predict,ensemble,submission}')
     r = sub.add_parser('run', help='run one experiment (the notebook nbs/run_experiment.ipynb, or in-process)',
                        description='Run one experiment and add its row to <results_dir>/experiments.csv.')
     r.add_argument('--config', metavar='YAML', help='read parameters from this file first (e.g. a run\'s params.yaml)')
@@ -98,6 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help='submission.csv columns: kaggle (ImageId_ClassId,EncodedPixels) or long (ImageId,ClassId,EncodedPixels)')
     pr.add_argument('--no-gate', action='store_true', help="do not apply the run's gate")
     pr.add_argument('--device', default='cpu', help='torch device for exp_id sources (default: cpu)')
+    e = sub.add_parser('ensemble', help='average the saved probabilities of finished runs, calibrate on val, add its row',
+                       description='The weighted mean of the saved val and test probabilities of finished runs (no model is re-run), '
+                                   'calibrated on val and scored like any run: one row with model "ensemble".')
+    e.add_argument('exp_ids', nargs='+', metavar='EXP_ID', help='finished runs with saved val and test predictions, same images')
+    e.add_argument('--weights', nargs='+', type=float, metavar='W', help='one weight per run, normalised to sum 1 (default: equal)')
+    e.add_argument('--results-dir', default='results', help='the results folder holding the runs; the row goes there too (default: results)')
+    e.add_argument('--threshold', default='val', help="'val' (default), 'val:<metric>', 'val_per_class[:<metric>]' or a number")
+    e.add_argument('--postprocess', default='none', help="post-processing spec, e.g. 'min_area_val' (default: none)")
+    e.add_argument('--exp-name', help='readable part of the run id (default: ensemble, dataset, seed)')
+    e.add_argument('--n-figures', type=int, default=4, help='4-panel figures to save (default: 4)')
+    s = sub.add_parser('submission', help="write a class-aware run's test predictions as a Severstal submission.csv",
+                       description="The run's saved test probabilities with its recorded threshold and post-processing, as RLE per (image, class).")
+    s.add_argument('exp_id', metavar='EXP_ID', help='a finished class-aware run')
+    s.add_argument('--results-dir', default='results', help='its results folder (default: results)')
+    s.add_argument('--out', help='the CSV to write (default: <run_dir>/submission.csv)')
+    s.add_argument('--layout', default='ImageId,ClassId', choices=['ImageId,ClassId', 'ImageId_ClassId'], help='CSV layout (default: ImageId,ClassId)')
     return p
 
 # %% ../nbs/53_cli.ipynb #15cb4d9e
@@ -160,6 +176,18 @@ def _predict(ns) -> int:
     print(rep)
     for r in rep.errors.itertuples(): print(f'error: {r.file}: {r.error}', file=sys.stderr)
     return 0 if rep.ok else 1
+def _ensemble(ns) -> int:
+    from defect_sam.ensemble import run_ensemble
+    r = run_ensemble(ns.exp_ids, ns.results_dir, ns.weights, threshold=ns.threshold, postprocess=ns.postprocess,
+                     exp_name=ns.exp_name, n_figures=ns.n_figures).row
+    print(f"done {r['exp_id']}: ensemble of {r['ensemble_members']} (weights {r['ensemble_weights']}): test mIoU {r['test_mIoU']:.4f}, "
+          f"Dice {r['test_Dice']:.4f} ({r['threshold_from']}); row in {Path(ns.results_dir)/'experiments.csv'}")
+    return 0
+
+def _submission(ns) -> int:
+    from defect_sam.submission import submission_from_run
+    print(f'wrote {submission_from_run(ns.exp_id, ns.results_dir, ns.out, ns.layout)}')
+    return 0
 
 def _models(ns) -> int:
     from defect_sam.models import list_models
@@ -169,7 +197,8 @@ def _models(ns) -> int:
 def main(argv:list|None=None) -> int: # arguments (default: sys.argv[1:])
     "The `defect-sam` command; returns the exit status."
     ns = build_parser().parse_args(argv)
-    try: return {'run': _run, 'grid': _grid, 'report': _report, 'models': _models, 'export': _export, 'predict': _predict}[ns.command](ns)
+    try: return {'run': _run, 'grid': _grid, 'report': _report, 'models': _models, 'export': _export, 'predict': _predict,
+                 'ensemble': _ensemble, 'submission': _submission}[ns.command](ns)
     except DefectSamError as e:
         if not isinstance(e, ConfigError): raise
         print(f'defect-sam {ns.command}: error: {e}', file=sys.stderr)

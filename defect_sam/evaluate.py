@@ -35,7 +35,7 @@ __all__ = ['EvalResult', 'check_model_output', 'quantize', 'Prediction', 'iter_p
 # %% ../nbs/14_evaluate.ipynb #f75f8687
 @dataclass
 class EvalResult:
-    "The outcome of one evaluation: per-image table, the 14-key summary, extras, and an optional calibration."
+    "The outcome of one evaluation: per-image table, the summary (`SUMMARY_KEYS`), extras, and an optional calibration."
     table: pd.DataFrame # one row per image
     summary: dict # exactly metrics.SUMMARY_KEYS
     extras: dict # detection, per-class, timing, memory, settings, conventions
@@ -58,7 +58,7 @@ class EvalResult:
         d = Path(folder)
         if not (d/'summary.json').exists(): raise DataError(f"{d}: no summary.json; not a saved evaluation result")
         summary = {k: float('nan') if v is None else v for k, v in json.loads((d/'summary.json').read_text()).items()}
-        table = pd.read_csv(d/'per_image.csv', dtype={'id': str}, keep_default_na=False, na_values=[''])
+        table = pd.read_csv(d/'per_image.csv', dtype={'id': str, 'prompt_hash': str}, keep_default_na=False, na_values=[''])
         extras = json.loads((d/'extras.json').read_text())
         cal = None
         if (d/'calibration.csv').exists() and 'calibration' in extras:
@@ -264,7 +264,7 @@ def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are bui
              threshold:float=0.5, # probability threshold (e.g. from `calibrate` on val)
              postprocess:None|str|dict|PostProcess=None, # post-processing spec (see PostProcess)
              class_aware:bool=False, # evaluate per defect class (else defect vs background)
-             seed:int=42, # run seed: global RNGs (restored on return) and each image's prompts
+             seed:int=42, # evaluation seed: global RNGs (restored on return) and each image's prompts (`prompt_seed(seed, id)`)
              save_dir:str|Path|None=None, # write predictions, figures and results here
              n_figures:int=4, # 4-panel figures to save (with save_dir)
              progress:bool=True, # show a progress bar
@@ -295,7 +295,8 @@ def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are bui
             pred = pp(r.prob, s.image, threshold)
             if r.prompts is not None: source = r.prompts.source
             cols = {'infer_s': r.infer_s, 'prompt_empty': r.prompt_empty,
-                    'n_prompts': len(r.prompts) if r.prompts is not None else float('nan')}
+                    'n_prompts': len(r.prompts) if r.prompts is not None else float('nan'),
+                    'prompt_hash': r.prompts.digest() if r.prompts is not None else None}
             row = acc.update(pred, r.gt, r.prob, id=s.id, **cols)
             if cal is not None: cal.update(r.prob, r.gt, s.image, s.id)
             if pred_dir is not None:
@@ -334,7 +335,8 @@ def _read_saved(save_dir) -> tuple[dict, pd.DataFrame]:
     d = Path(save_dir)/'predictions'
     if not (d/'index.csv').exists() or not (d/'meta.json').exists():
         raise DataError(f"{d}: no index.csv/meta.json; not a saved evaluation, or the run did not finish")
-    idx = pd.read_csv(d/'index.csv', dtype={'id': str}, keep_default_na=False, na_values={'infer_s': [''], 'n_prompts': ['']})
+    idx = pd.read_csv(d/'index.csv', dtype={'id': str, 'prompt_hash': str}, keep_default_na=False,
+                      na_values={'infer_s': [''], 'n_prompts': [''], 'prompt_hash': ['']})
     return json.loads((d/'meta.json').read_text()), idx.set_index('id')
 
 def iter_saved(save_dir:str|Path, # folder given to `evaluate(save_dir=...)`
@@ -372,8 +374,9 @@ def evaluate_saved(save_dir:str|Path, # folder given to `evaluate(save_dir=...)`
     acc = MetricAccumulator(C, names, skeleton_radius, auprc_bins)
     for r in iter_saved(save_dir, dataset, progress):
         n_prompts = idx.loc[r.sample.id, 'n_prompts'] if 'n_prompts' in idx else float('nan')
-        acc.update(pp(r.prob, r.sample.image, threshold), r.gt, r.prob, id=r.sample.id,
-                   infer_s=r.infer_s, prompt_empty=r.prompt_empty, n_prompts=float(n_prompts))
+        h = idx.loc[r.sample.id, 'prompt_hash'] if 'prompt_hash' in idx else None
+        acc.update(pp(r.prob, r.sample.image, threshold), r.gt, r.prob, id=r.sample.id, infer_s=r.infer_s,
+                   prompt_empty=r.prompt_empty, n_prompts=float(n_prompts), prompt_hash=None if pd.isna(h) else h)
     res = acc.result()
     t = res.table
     called = t.infer_s.dropna()

@@ -36,17 +36,22 @@ from .core import (ConfigError, DataError, atomic_write, git_commit, package_ver
                              seed_everything, write_json_atomic, write_text_atomic)
 from .data import DATASETS, _check_fractions, fewshot_subset, ids_hash, load_dataset, split_dataset
 from .evaluate import EvalResult, _jsonable, calibrate_saved, evaluate, evaluate_saved
-from .metrics import CALIBRATION_METRICS, EMPTY_CONVENTION, SUMMARY_KEYS, MemoryMonitor
+from .metrics import CALIBRATION_METRICS, EMPTY_CONVENTION, IMAGE_KEYS, IOU_AT, SUMMARY_KEYS, MemoryMonitor
 from .models import MODELS, build_model
+from .perclass import calibrate_per_class, live_postprocess, per_class_columns, per_class_metric, per_class_requested
 from .postprocess import PostProcess
 from .prompts import PROMPT_KINDS
+from .tta import check_tta, tta_label, with_tta
+from .transforms import Augment
+
 
 # %% auto #0
-__all__ = ['THESIS_COLUMNS', 'RESULT_COLUMNS', 'ExperimentConfig', 'field_comments', 'config_fields', 'coerce_value',
-           'train_config', 'parameters_source', 'read_results', 'append_result', 'manifest_dir', 'experiment_data',
-           'letterbox_box', 'build_experiment_model', 'resolve_path', 'detector_prompts', 'checkpoint_dir',
-           'train_experiment_model', 'validate_and_test', 'rescore_saved', 'results_row', 'per_image_csv_name',
-           'ExperimentResult', 'remove_result', 'run_status', 'run_experiment']
+__all__ = ['PROMPT_OPTIONS', 'THESIS_COLUMNS', 'RESULT_COLUMNS', 'PROMPT_REGIMES', 'ExperimentConfig', 'field_comments',
+           'config_fields', 'coerce_value', 'check_prompt_kwargs', 'train_config', 'parameters_source', 'read_results',
+           'append_result', 'manifest_dir', 'experiment_data', 'letterbox_box', 'build_experiment_model',
+           'resolve_path', 'detector_source', 'detector_prompts', 'checkpoint_dir', 'train_experiment_model',
+           'validate_and_test', 'rescore_saved', 'prompt_regime', 'augment_summary', 'results_row',
+           'per_image_csv_name', 'ExperimentResult', 'remove_result', 'run_status', 'run_experiment']
 
 # %% ../nbs/50_experiment.ipynb #3454a730
 @dataclass
@@ -66,6 +71,9 @@ class ExperimentConfig:
     weights: str = 'auto' # auto (pretrained, downloaded on first use), random (untrained), or a checkpoint path
     prompt: str = 'box' # SAM2 prompt: box, points_1, points_3, points_5, full_image, grid
     prompt_source: str = 'gt' # where SAM2's box prompts come from: gt (the ground truth), or a YOLO detector checkpoint (.pt) or the exp_id of a finished yolo_det run
+    prompt_kwargs: dict|None = None # prompt options, the same for training, validation, calibration and test: expand_ratio, jitter, n_neg, min_area, neg_ring, per_component (None: make_prompts' defaults)
+    eval_prompt_seed: int|None = None # seed of the evaluation prompts (val, calibration, test), apart from the run seed so every model and seed is scored on the same prompts; None: split_seed
+    detector_img_size: int|None = None # detector prompts: the detector's input size; None: the size it was trained at (its run's row, or its checkpoint)
     lora_strategy: str = 'decoder' # LoRA targets: decoder, encoder_decoder, all
     lora_rank: int = 8 # LoRA rank r
     lora_alpha: float = 16 # LoRA scaling alpha
@@ -76,17 +84,20 @@ class ExperimentConfig:
     batch_size: int = 2 # images per step (and per evaluation call)
     grad_accum: int = 1 # micro-batches accumulated per optimizer step
     img_size: int = 512 # input side of the U-Nets and YOLO (letterboxed)
-    augment: dict|None = None # training augmentation of SAM2 and U-Nets: transforms.Augment options ({}: its defaults, random flips); None: none (a frozen SAM2 encoder then embeds each image once)
+    augment: dict|None = field(default_factory=dict) # training augmentation of every trainable model (SAM2, U-Nets, YOLO): transforms.Augment options; {}: random horizontal and vertical flips, as the reference studies train; None: none
     train_options: dict|None = None # other trainer options: TrainConfig fields for SAM2 and U-Nets (e.g. {val_every: 100, patience: 5, skeleton_weight: 0.5}), ultralytics train arguments for YOLO
-    seed: int = 42 # run seed: initialisation, augmentation, prompt sampling
-    threshold: float|str = 0.5 # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric)
-    postprocess: str = 'none' # post-processing spec: none, or steps such as 'open3,close3,fill,min50,crf'
+    seed: int = 42 # run seed: initialisation, augmentation, training prompts (evaluation prompts: eval_prompt_seed)
+    threshold: float|str = 0.5 # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric; 'val_per_class[:<metric>]': one per class)
+    postprocess: str = 'none' # post-processing spec: none, or steps such as 'open3,close3,fill,min50,crf' ('min_area_val': per-class minimum areas searched on val)
     n_figures: int = 4 # 4-panel figures saved per run
     device: str = 'auto' # torch device: auto (cuda when available), cpu, cuda, cuda:1, ...
     results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
     exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
     skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
     gate: str|None = None # exp_id of a finished `model: gate` run on the same test images: images it calls defect-free get an empty prediction without a segmenter call; None: no gate
+    tta: list|None = None # test-time augmentation: [hflip], [vflip] or [hflip, vflip] (the mean over the image and its flips: 2, 2 or 4 passes); None: off
+    ensemble: list|None = None # model 'ensemble': exp_ids of finished runs (in results_dir) whose saved val and test probabilities are averaged
+    ensemble_weights: list|None = None # model 'ensemble': one weight per run, normalised to sum 1; None: equal weights
 
     def __post_init__(self): self.validate()
 
@@ -164,17 +175,37 @@ def _check_threshold(t):
     if isinstance(t, float):
         if not 0 <= t <= 1: raise ConfigError(f"threshold must lie in [0, 1] or be 'val', got {t}")
         return
+    if per_class_metric(t) is not None: return   # 'val_per_class[:<metric>]': one threshold per class (perclass)
     m = re.fullmatch(r'val(?::(.+))?', t)
-    if not m: raise ConfigError(f"threshold must be a number in [0, 1], 'val' or 'val:<metric>', got {t!r}")
+    if not m: raise ConfigError(f"threshold must be a number in [0, 1], 'val', 'val:<metric>' or 'val_per_class[:<metric>]', got {t!r}")
     if m[1] is not None and m[1] not in CALIBRATION_METRICS:
         raise ConfigError(f"threshold {t!r}: cannot calibrate for {m[1]!r}; metrics: {', '.join(CALIBRATION_METRICS)}")
 
 def _trains(self:ExperimentConfig) -> bool:
     "Does this model train (everything except zero-shot SAM2)?"
-    return self.model != 'sam2_zeroshot'
+    return self.model not in ('sam2_zeroshot', 'ensemble')
 ExperimentConfig.trains = property(_trains)
 
 _SET_BY_EXPERIMENT = ('steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'seed', 'prompt', 'class_aware', 'augment', 'progress')
+_SET_BY_PROMPT_KWARGS = ('prompt_expand_ratio', 'prompt_n_neg', 'prompt_min_area', 'prompt_neg_ring', 'prompt_per_component',
+                         'val_prompt', 'val_prompt_kwargs', 'val_prompt_seed')
+PROMPT_OPTIONS = {'expand_ratio': 'float', 'jitter': 'float', 'n_neg': 'int', 'min_area': 'int', 'neg_ring': 'int',
+                  'per_component': 'bool'} # the `prompt_kwargs` a run may set, and their types
+
+def check_prompt_kwargs(pk:dict|None) -> dict: # the options, coerced
+    "`prompt_kwargs` checked (known names, types, ranges); raises `ConfigError` naming the option."
+    out = {}
+    for k, v in (pk or {}).items():
+        if k not in PROMPT_OPTIONS: raise ConfigError(f"prompt_kwargs: unknown option {k!r}; valid: {', '.join(PROMPT_OPTIONS)}")
+        out[k] = v = coerce_value(f'prompt_kwargs.{k}', v, PROMPT_OPTIONS[k])
+        low = {'expand_ratio': 0, 'jitter': 0, 'n_neg': 0, 'min_area': 1, 'neg_ring': 1}.get(k)
+        if low is not None and v < low: raise ConfigError(f"prompt_kwargs.{k} must be >= {low}, got {v}")
+    return dict(sorted(out.items()))
+
+def _eval_seed(self:ExperimentConfig) -> int:
+    "The seed of the evaluation prompts: `eval_prompt_seed`, else `split_seed`."
+    return self.split_seed if self.eval_prompt_seed is None else self.eval_prompt_seed
+ExperimentConfig.eval_seed = property(_eval_seed)
 
 def train_config(cfg:ExperimentConfig, # the experiment (a SAM2 or U-Net model)
                  progress:bool=True, # the training progress bar
@@ -184,9 +215,16 @@ def train_config(cfg:ExperimentConfig, # the experiment (a SAM2 or U-Net model)
     opts = dict(cfg.train_options or {})
     clash = sorted(set(opts) & set(_SET_BY_EXPERIMENT))
     if clash: raise ConfigError(f"train_options {clash}: set these with the experiment parameters of the same name")
+    clash = sorted(set(opts) & set(_SET_BY_PROMPT_KWARGS))
+    if clash: raise ConfigError(f"train_options {clash}: set prompt options with prompt_kwargs and the evaluation seed with "
+                                f"eval_prompt_seed, so that training, validation and test prompt alike")
     kw = dict(steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr, weight_decay=cfg.weight_decay,
               seed=cfg.seed, class_aware=cfg.class_aware, augment=cfg.augment, progress=progress)
-    if _family(cfg.model) == 'sam2': kw['prompt'] = cfg.prompt
+    if _family(cfg.model) == 'sam2':
+        pk = check_prompt_kwargs(cfg.prompt_kwargs)
+        if 'jitter' in pk and 'prompt_jitter' in opts:
+            raise ConfigError("the box jitter is set twice: in prompt_kwargs (training and evaluation) and in train_options prompt_jitter (training only)")
+        kw |= dict(prompt=cfg.prompt, val_prompt_kwargs=pk, val_prompt_seed=cfg.eval_seed, **{f'prompt_{k}': v for k, v in pk.items()})
     if not has_val and 'val_every' not in opts: kw['val_every'] = None
     if _family(cfg.model) == 'gate':   # image labels as (B, C, 1, 1) logits: plain BCE; thresholds are calibrated after training
         if opts.get('val_every') is not None: raise ConfigError("train_options val_every: a gate is not validated during training (val mIoU does not rank a classifier)")
@@ -217,8 +255,18 @@ def _validate(self:ExperimentConfig):
     if self.prompt not in PROMPT_KINDS: raise ConfigError(f"unknown prompt {self.prompt!r}; valid prompts: {', '.join(PROMPT_KINDS)}")
     if not self.weights: raise ConfigError("weights must be 'auto', 'random' or a checkpoint path, got an empty string")
     if not self.prompt_source: raise ConfigError("prompt_source must be 'gt', a YOLO checkpoint path or an exp_id, got an empty string")
+    self.prompt_kwargs = check_prompt_kwargs(self.prompt_kwargs) or None
+    if self.eval_prompt_seed is not None and self.eval_prompt_seed < 0: raise ConfigError(f"eval_prompt_seed must be >= 0 or None, got {self.eval_prompt_seed}")
+    if self.detector_img_size is not None:
+        if self.detector_img_size < 32 or self.detector_img_size % 32: raise ConfigError(f"detector_img_size must be a multiple of 32 and >= 32, got {self.detector_img_size}")
+        if self.prompt_source == 'gt': raise ConfigError("detector_img_size is the input size of a prompt detector; it needs prompt_source (a detector)")
     _check_threshold(self.threshold)
     PostProcess.from_spec(self.postprocess)
+    per_class_requested(self.threshold, self.postprocess)   # refuses min_area_val with a global 'val' threshold
+    self.tta = check_tta(self.tta)
+    if self.model == 'ensemble' or self.ensemble is not None or self.ensemble_weights is not None:
+        from defect_sam.ensemble import check_ensemble_config
+        check_ensemble_config(self)
     if self.exp_name is not None and not _NAME_RE.match(self.exp_name):
         raise ConfigError(f"exp_name {self.exp_name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder)")
     fam = _family(self.model)
@@ -275,7 +323,7 @@ ExperimentConfig.to_yaml = _to_yaml
 # %% ../nbs/50_experiment.ipynb #f51d1d16
 _EVAL_ONLY = ('threshold', 'postprocess') # parameters applied to saved probabilities
 _DATA = ('model', 'dataset', 'dataset_options', 'test_options', 'split', 'split_seed', 'class_aware', 'seed')
-_SAM = ('sam2_size', 'sam2_image_size', 'weights', 'prompt', 'prompt_source')
+_SAM = ('sam2_size', 'sam2_image_size', 'weights', 'prompt', 'prompt_source', 'prompt_kwargs', 'eval_prompt_seed', 'detector_img_size')
 _LORA = ('lora_strategy', 'lora_rank', 'lora_alpha', 'lora_dropout')
 _TRAIN = ('subset_size', 'lr', 'weight_decay', 'steps', 'batch_size', 'grad_accum', 'augment', 'train_options')
 
@@ -293,8 +341,11 @@ def _used_params(self:ExperimentConfig) -> dict:
     if fam == 'pipeline': keep |= {'sam2_size', 'sam2_image_size'}
     if self.model == 'sam2_lora': keep |= set(_LORA)
     if self.trains: keep |= set(_TRAIN)
-    if fam in ('yolo', 'pipeline'): keep.discard('augment')   # ultralytics augments by its own settings
+    if self.prompt_source == 'gt': keep.discard('detector_img_size')
+    if self.tta: keep.add('tta')   # only when on: the ids of runs without TTA stay as they were
+    if fam == 'ensemble': keep |= {'ensemble', 'ensemble_weights'}
     d = {k: v for k, v in self.to_dict().items() if k in keep}
+    if 'eval_prompt_seed' in d: d['eval_prompt_seed'] = self.eval_seed
     d['dataset_options'] = self.reader_options()
     d['postprocess'] = str(PostProcess.from_spec(self.postprocess))
     if self.gate is not None: d['gate'] = self.gate   # only when set: runs without a gate keep their ids
@@ -313,7 +364,7 @@ def _params_hash(self:ExperimentConfig) -> str:
 
 def _train_key(self:ExperimentConfig) -> str:
     "Hash of the parameters training depends on."
-    return _key(self, _EVAL_ONLY + ('prompt_source', 'gate'))
+    return _key(self, _EVAL_ONLY + ('prompt_source', 'gate', 'tta'))   # TTA runs reuse the trained model
 
 def _inference_key(self:ExperimentConfig) -> str:
     "Hash of the parameters the saved probabilities depend on."
@@ -359,10 +410,18 @@ THESIS_COLUMNS = ('exp_id', 'model', 'subset_size', 'variant', 'prompt_type', 'i
                   'seed', 'val_mIoU', 'val_Dice', 'test_mIoU', 'test_Dice', 'IoU@50', 'IoU@75', 'IoU@90', 'IoU@95',
                   'Precision', 'Recall', 'F1', 'AUPRC', 'avg_inference_time', 'ckpt_path', 'timestamp')
 RESULT_COLUMNS = THESIS_COLUMNS + (
-    'dataset', 'sam2_size', 'weights', 'lora_strategy', 'lora_rank', 'prompt_source', 'threshold', 'threshold_from',
-    'postprocess', 'class_aware', 'skeleton_IoU', 'kaggle_dice', 'pooled_IoU', 'pooled_Dice', 'n_train', 'n_val', 'n_test',
+    'prompt_regime', 'test_mIoU_defect', 'test_Dice_defect', 'IoU@50_defect', 'IoU@75_defect', 'IoU@90_defect', 'IoU@95_defect',
+    'image_precision', 'image_recall', 'image_F1', 'false_alarm_rate', 'image_AUROC',
+    'dataset', 'sam2_size', 'weights', 'lora_strategy', 'lora_rank', 'trainable_params', 'total_params', 'prompt_source',
+    'eval_prompt_seed', 'prompt_kwargs', 'detector_img_size', 'augment', 'threshold', 'threshold_from',
+    'postprocess', 'class_aware', 'skeleton_IoU', 'kaggle_dice', 'pooled_IoU', 'pooled_Dice', 'Precision_pooled', 'Recall_pooled',
+    'F1_pooled', 'n_train', 'n_val', 'n_test',
     'peak_memory_mb', 'memory_device', 'total_time_s', 'train_time_s', 'device', 'run_dir', 'per_image_csv', 'predictions_from',
-    'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit', 'image_AUROC', 'gate', 'gate_thresholds')
+    'params_hash', 'train_key', 'inference_key', 'defect_sam_version', 'git_commit', 'gate', 'gate_thresholds')
+RESULT_COLUMNS += ('class_thresholds', 'class_min_areas') # per-class values calibrated on val (perclass), class 1 first
+RESULT_COLUMNS += ('tta',) # test-time augmentation (tta_label), empty without
+RESULT_COLUMNS += ('ensemble_members', 'ensemble_weights') # model 'ensemble': member exp_ids ('+'-joined) and weights
+
 
 # %% ../nbs/50_experiment.ipynb #893ccd48
 def read_results(path:str|Path, # experiments.csv (or a results folder holding it)
@@ -482,24 +541,36 @@ def resolve_path(results_dir:str|Path, p) -> Path|None:
     p = Path(p)
     return p if p.is_absolute() else Path(results_dir)/p
 
-def detector_prompts(cfg:ExperimentConfig, # prompt_source names the detector
-                     sam, # the SAM2 segmenter the boxes will prompt
-                     num_classes:int=1): # defect classes of the evaluation
-    "'gt', or a callable image -> Prompts made of a YOLO detector's boxes."
-    if cfg.prompt_source == 'gt': return 'gt'
+def detector_source(cfg:ExperimentConfig, # prompt_source names the detector (not 'gt')
+                   ) -> tuple: # (checkpoint path, ultralytics task, input size, where the size came from)
+    "The prompt detector of `cfg`: its checkpoint, task and the image size it predicts at (its training size unless overridden)."
     src = cfg.prompt_source
-    p = Path(src).expanduser()
+    p, size, size_from = Path(src).expanduser(), cfg.detector_img_size, 'detector_img_size'
     if p.suffix != '.pt':
         row = _finished_row(cfg.results_dir, src)
         if row is None: raise ConfigError(f"prompt_source={src!r} is neither a .pt checkpoint nor the exp_id of a run in {Path(cfg.results_dir)/'experiments.csv'}")
         if row['model'] not in ('yolo_det', 'yolo_seg'): raise ConfigError(f"prompt_source={src!r} is a {row['model']} run, not a YOLO detector")
         p = resolve_path(cfg.results_dir, row['ckpt_path'])
         if p is None: raise DataError(f"run {src!r} recorded no checkpoint")
+        if size is None and not pd.isna(row.get('img_size')): size, size_from = int(row['img_size']), f'run {src}'
     if not p.is_file(): raise DataError(f"prompt_source: detector checkpoint {p} not found")
     from ultralytics import YOLO
+    y = YOLO(str(p))
+    if size is None:
+        size = ((getattr(y, 'ckpt', None) or {}).get('train_args') or {}).get('imgsz')
+        if size is None: raise DataError(f"prompt_source: {p} does not record the image size it was trained at; give detector_img_size")
+        size, size_from = int(size), f'{p.name} train_args'
+    return p, y.task, int(size), size_from
+
+def detector_prompts(cfg:ExperimentConfig, # prompt_source names the detector
+                     sam, # the SAM2 segmenter the boxes will prompt
+                     num_classes:int=1): # defect classes of the evaluation
+    "'gt', or a callable image -> Prompts made of a YOLO detector's boxes, predicted at the detector's own size."
+    if cfg.prompt_source == 'gt': return 'gt'
     from defect_sam.yolo import YoloSam2
-    task = YOLO(str(p)).task
-    det = build_model('yolo_det' if task == 'detect' else 'yolo_seg', weights=str(p), num_classes=num_classes, device=cfg.device)
+    p, task, size, _ = detector_source(cfg)
+    det = build_model('yolo_det' if task == 'detect' else 'yolo_seg', weights=str(p), num_classes=num_classes, device=cfg.device,
+                      imgsz=size)
     return YoloSam2(det, sam).prompts
 
 # %% ../nbs/50_experiment.ipynb #70478b24
@@ -531,8 +602,11 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
             else:
                 res = asdict(model.train(parts['train'], parts['val'], lr=cfg.lr, steps=cfg.steps, batch=cfg.batch_size,
                                          imgsz=cfg.img_size, out_dir=out/'yolo', seed=cfg.seed, device=cfg.device,
-                                         **(cfg.train_options or {})))
-            info = {'ckpt_path': res['weights'], 'wd': None, 'trainer': 'ultralytics', 'epochs': res['epochs'], 'train': res}
+                                         augment=cfg.augment, **(cfg.train_options or {})))
+            from defect_sam.yolo import yolo_augment_args
+            aug = {k: res['args'][k] for k in yolo_augment_args(None) if k in res['args']}
+            info = {'ckpt_path': res['weights'], 'wd': None, 'trainer': 'ultralytics', 'epochs': res['epochs'], 'train': res,
+                    'augment': ','.join(f'{k}={v:g}' for k, v in aug.items() if v) or 'none'}
         elif getattr(model, 'trainable', False):
             from defect_sam.train import train
             has_val = len(parts['val']) > 0
@@ -540,6 +614,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
             res = train(model, parts['train'], parts['val'] if has_val else None, tc, out, resume=True)
             wd = tc.weight_decay if tc.weight_decay is not None else model.default_weight_decay
             info = {'ckpt_path': str(res.best_checkpoint or res.last_checkpoint), 'wd': wd, 'trainer': 'defect_sam.train',
+                    'augment': augment_summary(tc.augment),
                     'train': {'steps': res.steps, 'stop_reason': res.stop_reason, 'best': res.best_metrics,
                               'best_checkpoint': str(res.best_checkpoint) if res.best_checkpoint else None,
                               'last_checkpoint': str(res.last_checkpoint), 'skipped_steps': res.skipped_steps,
@@ -552,11 +627,24 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
 def _threshold_spec(cfg:ExperimentConfig) -> tuple:
     "(fixed threshold or None, calibration metric or None)."
     if isinstance(cfg.threshold, float): return cfg.threshold, None
+    if per_class_metric(cfg.threshold) is not None: return None, None   # per-class thresholds: `_per_class_val`
     return None, (cfg.threshold.split(':', 1)[1] if ':' in cfg.threshold else 'mIoU')
 
 def _eval_kwargs(cfg:ExperimentConfig, model) -> dict:
+    "How every split is evaluated: the same prompts (kind, options, seed) for every model and run seed."
     prompted = bool(getattr(model, 'needs_prompts', False))
-    return dict(prompt=cfg.prompt if prompted else None, class_aware=cfg.class_aware, seed=cfg.seed, batch_size=cfg.batch_size)
+    return dict(prompt=cfg.prompt if prompted else None, class_aware=cfg.class_aware, seed=cfg.eval_seed, batch_size=cfg.batch_size,
+                prompt_kwargs=cfg.prompt_kwargs if prompted else None)
+
+def _per_class_val(cfg:ExperimentConfig, val_dir:Path, val_ds, progress:bool) -> tuple:
+    "(ClassPostProcess, row threshold, threshold_from, calibration dict) searched on the saved predictions in `val_dir`."
+    cal = calibrate_per_class(val_dir, val_ds, cfg.threshold, cfg.postprocess, progress=progress,
+                              write_table=Path(cfg.results_dir)/cfg.exp_id/'per_class_calibration.csv')
+    pp, metric = cal.postprocess, per_class_metric(cfg.threshold)
+    if metric is None: return pp, cfg.threshold, 'fixed', cal.to_dict()
+    return pp, pp.class_thresholds[0] if pp.num_classes == 1 else float('nan'), f'val_per_class:{metric}', cal.to_dict()
+
+def _eval_threshold(t:float) -> float: return 0.5 if math.isnan(t) else t   # NaN: per-class thresholds decide
 
 def validate_and_test(cfg:ExperimentConfig, # the experiment
                       model, # the (trained) model
@@ -567,6 +655,7 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
     if _family(cfg.model) == 'gate':
         from defect_sam.gate import gate_validate_and_test
         return gate_validate_and_test(cfg, model, parts, run_dir, progress)
+    model = with_tta(model, cfg.tta)   # flips the image and its prompts, averages the un-flipped probabilities (inside the gate)
     if cfg.gate is not None:
         from defect_sam.gate import gated
         model = gated(cfg, model, parts)
@@ -574,16 +663,22 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
     kw = _eval_kwargs(cfg, model)
     kw['prompt_source'] = detector_prompts(cfg, model, _num_classes(cfg, parts['test'])) if kw['prompt'] else 'gt'
     pp, val = PostProcess.from_spec(cfg.postprocess), None
-    if metric is not None and not len(parts['val']): raise ConfigError(f"threshold={cfg.threshold!r} needs a validation split; split={cfg.split} leaves none")
+    per_class, thr_from, cal = per_class_requested(cfg.threshold, pp), 'fixed' if metric is None else f'val:{metric}', None
+    if (metric is not None or per_class) and not len(parts['val']):
+        raise ConfigError(f"threshold={cfg.threshold!r}, postprocess={cfg.postprocess!r} needs a validation split; split={cfg.split} leaves none")
     if len(parts['val']):
-        val = evaluate(model, parts['val'], threshold=0.5 if fixed is None else fixed, postprocess=pp, save_dir=run_dir/'val',
+        val = evaluate(model, parts['val'], threshold=0.5 if fixed is None else fixed, postprocess=live_postprocess(pp), save_dir=run_dir/'val',
                        n_figures=0, progress=progress, calibrate_metric=metric, **kw)
         if metric is not None:
             fixed = float(val.calibration.threshold)
             val = evaluate_saved(run_dir/'val', parts['val'], fixed, pp, progress=progress)
-    test = evaluate(model, parts['test'], threshold=fixed, postprocess=pp, save_dir=run_dir/'test', n_figures=cfg.n_figures,
+        if per_class:
+            pp, fixed, thr_from, cal = _per_class_val(cfg, run_dir/'val', parts['val'], progress)
+            val = evaluate_saved(run_dir/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
+    test = evaluate(model, parts['test'], threshold=_eval_threshold(fixed), postprocess=pp, save_dir=run_dir/'test', n_figures=cfg.n_figures,
                     progress=progress, **kw)
-    return val, test, fixed, 'fixed' if metric is None else f'val:{metric}'
+    if cal is not None: test.extras['per_class_calibration'] = cal
+    return val, test, fixed, thr_from
 
 def _saved_source(cfg:ExperimentConfig, run_dir:Path) -> tuple:
     "(folder holding test/ and val/ predictions, its results row or None) for `skip_inference`."
@@ -600,13 +695,20 @@ def rescore_saved(cfg:ExperimentConfig, parts:dict, source:Path, progress:bool=T
     "Like `validate_and_test`, from the probabilities saved under `source` (no model)."
     fixed, metric = _threshold_spec(cfg)
     pp, val = PostProcess.from_spec(cfg.postprocess), None
+    per_class, thr_from, cal = per_class_requested(cfg.threshold, pp), 'fixed' if metric is None else f'val:{metric}', None
     has_val = len(parts['val']) and (source/'val'/'predictions'/'index.csv').exists()
+    if (metric is not None or per_class) and not has_val:
+        raise ConfigError(f"skip_inference with threshold={cfg.threshold!r}, postprocess={cfg.postprocess!r} needs saved validation predictions in {source/'val'}")
     if metric is not None:
-        if not has_val: raise ConfigError(f"skip_inference with threshold={cfg.threshold!r} needs saved validation predictions in {source/'val'}")
         fixed = float(calibrate_saved(source/'val', parts['val'], metric, postprocess=pp, progress=progress).threshold)
-    if has_val: val = evaluate_saved(source/'val', parts['val'], fixed, pp, progress=progress)
-    test = evaluate_saved(source/'test', parts['test'], fixed, pp, progress=progress)
-    return val, test, fixed, 'fixed' if metric is None else f'val:{metric}'
+    if per_class: pp, fixed, thr_from, cal = _per_class_val(cfg, source/'val', parts['val'], progress)
+    if has_val: val = evaluate_saved(source/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
+    test = evaluate_saved(source/'test', parts['test'], _eval_threshold(fixed), pp, progress=progress)
+    if cal is not None: test.extras['per_class_calibration'] = cal
+    if cfg.model == 'ensemble':
+        from defect_sam.ensemble import ensemble_figures
+        test.extras['figures'] = ensemble_figures(source/'test', parts['test'], test, Path(cfg.results_dir)/cfg.exp_id/'test', cfg.n_figures)
+    return val, test, fixed, thr_from
 
 # %% ../nbs/50_experiment.ipynb #35cd8ed9
 def _variant(cfg:ExperimentConfig, info:dict) -> str:
@@ -624,6 +726,41 @@ def _weights_kind(info:dict) -> str:
     return 'pretrained' if info.get('pretrained') else 'random'
 
 def _nan_if(cond, v): return v if cond else None
+
+PROMPT_REGIMES = {
+    'oracle': 'prompts made from the ground truth: the upper bound of prompting (a defect-free image gets no prompt, so it scores 1 for free)',
+    'automatic': 'prompts a deployed system makes without the ground truth: detector boxes, the whole-image box, a point grid',
+    'none': 'a prompt-free model: it sees every image and pays for every false alarm'}
+
+def _missing(v) -> bool: return v is None or (isinstance(v, float) and math.isnan(v))
+
+def prompt_regime(model:str, # a registered model name
+                  prompt:str|None=None, # the prompt kind (a config's `prompt`, a row's `prompt_type`); None: no prompt
+                  prompt_source:str|None='gt', # 'gt', a detector (config), or a row's 'gt' / 'detector:...'
+                 ) -> str: # oracle | automatic | none
+    "How a run's model was prompted, from a config's fields or a results row's columns (see `PROMPT_REGIMES`)."
+    fam = MODELS[model].family if model in MODELS else None
+    if fam == 'pipeline': return 'automatic'
+    if fam != 'sam2' or _missing(prompt): return 'none'
+    src = 'gt' if _missing(prompt_source) else str(prompt_source)
+    return 'automatic' if prompt in ('full_image', 'grid') or src != 'gt' else 'oracle'
+
+def augment_summary(augment:dict|None) -> str:
+    "What an augmentation does, short: 'hflip=0.5,vflip=0.5' (the active transforms and their settings), or 'none'."
+    if augment is None: return 'none'
+    a = asdict(Augment(**augment))
+    extra = {'elastic': ('elastic_alpha', 'elastic_sigma'), 'noise': ('noise_std',), 'blur': ('blur_sigma',),
+             'brightness_contrast': ('brightness', 'contrast')}
+    on = [k for k in ('hflip', 'vflip', 'elastic', 'noise', 'blur', 'brightness_contrast') if a[k] > 0]
+    return ','.join(f'{k}={a[k]:g}' + ''.join(f',{e}={a[e]}' for e in extra.get(k, ())) for k in on) or 'none'
+
+def _param_counts(info:dict, trains:bool) -> tuple:
+    "(trainable, total) parameters from `model.info()`; trainable is 0 for a model that was not trained."
+    if 'detector' in info:   # YOLO->SAM2: the detector trains, SAM2 does not
+        d, s = info['detector'], info.get('sam') or {}
+        return (d.get('params_total') if trains else 0), (d.get('params_total') or 0) + (s.get('params_total') or 0) or None
+    total = info.get('params_total')
+    return (info.get('trainable_params', info.get('params_trainable', total)) if trains else 0), total
 
 def _gate_thresholds(test:EvalResult) -> str|None:
     "The gate thresholds of a gate run or a gated run, as JSON (one per gate class)."
@@ -646,6 +783,9 @@ def results_row(cfg:ExperimentConfig, # the experiment
     fam, s, tr = _family(cfg.model), test.summary, cfg.trains
     sam = fam in ('sam2', 'pipeline')
     prompted = fam == 'sam2' or fam == 'pipeline'
+    regime = prompt_regime(cfg.model, cfg.prompt if fam == 'sam2' else None, cfg.prompt_source)
+    trainable, total = _param_counts(model_info, tr)
+    det_size = detector_source(cfg)[2] if fam == 'sam2' and cfg.prompt_source != 'gt' else None
     cuda = memory.get('cuda_max_allocated_mb')
     row = {'exp_id': cfg.exp_id, 'model': cfg.model, 'subset_size': _nan_if(tr, n['train']), 'variant': _variant(cfg, model_info),
            'prompt_type': ('box' if fam == 'pipeline' else cfg.prompt) if prompted else None,
@@ -658,27 +798,43 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'avg_inference_time': test.extras['timing']['time_per_image_s'],
            'ckpt_path': _rel(train_info.get('ckpt_path'), cfg.results_dir) if train_info.get('ckpt_path') else None,
            'timestamp': dt.datetime.now().isoformat(timespec='seconds'),
+           'prompt_regime': regime, 'test_mIoU_defect': s['mIoU_defect'], 'test_Dice_defect': s['mDice_defect'],
+           **{f'{k}_defect': s[f'{k}_defect'] for k in IOU_AT},
+           **{k: None if regime == 'oracle' else s[k] for k in IMAGE_KEYS},   # the oracle prompt gives the answer away
+           'image_AUROC': test.extras.get('image_level', {}).get('AUROC'),
            'dataset': cfg.dataset, 'sam2_size': cfg.sam2_size if sam else None, 'weights': _weights_kind(model_info),
            'lora_strategy': cfg.lora_strategy if cfg.model == 'sam2_lora' else None,
            'lora_rank': cfg.lora_rank if cfg.model == 'sam2_lora' else None,
+           'trainable_params': trainable, 'total_params': total,
            'prompt_source': ('gt' if cfg.prompt_source == 'gt' else f'detector:{cfg.prompt_source}') if fam == 'sam2' else
                             ('yolo_det' if fam == 'pipeline' else None),
+           'eval_prompt_seed': cfg.eval_seed if fam == 'sam2' else None,
+           'prompt_kwargs': json.dumps(cfg.prompt_kwargs, sort_keys=True) if fam == 'sam2' and cfg.prompt_kwargs else None,
+           'detector_img_size': det_size, 'augment': train_info.get('augment') if tr else None,
            'threshold': threshold, 'threshold_from': threshold_from, 'postprocess': str(PostProcess.from_spec(cfg.postprocess)),
-           'class_aware': cfg.class_aware, 'skeleton_IoU': s['skeleton_IoU'], 'kaggle_dice': s['kaggle_dice'],
+           'class_aware': cfg.class_aware, 'skeleton_IoU': s['skeleton_IoU'],
+           'kaggle_dice': s['kaggle_dice'] if cfg.class_aware else None,   # the competition metric needs per-class masks
            'pooled_IoU': s['pooled_IoU'], 'pooled_Dice': s['pooled_Dice'],
+           **{k: s[k] for k in ('Precision_pooled', 'Recall_pooled', 'F1_pooled')},
            'n_train': n['train'] if tr else 0, 'n_val': n['val'], 'n_test': n['test'],
            'peak_memory_mb': cuda if cuda is not None else memory.get('peak_rss_mb'), 'memory_device': 'cuda' if cuda is not None else 'cpu',
            'total_time_s': total_s, 'train_time_s': train_info.get('train_time_s'), 'device': cfg.device,
            'run_dir': _rel(run_dir, cfg.results_dir), 'per_image_csv': _rel(per_image_csv, cfg.results_dir),
            'predictions_from': predictions_from, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key,
            'inference_key': cfg.inference_key, 'defect_sam_version': package_version(), 'git_commit': git_commit(),
-           'image_AUROC': test.extras.get('image_level', {}).get('AUROC'), 'gate': cfg.gate, 'gate_thresholds': _gate_thresholds(test)}
+           'gate': cfg.gate, 'gate_thresholds': _gate_thresholds(test)}
+    row |= per_class_columns(test.extras.get('per_class_calibration'))
+    row['tta'] = tta_label(cfg.tta)
+    row |= {'ensemble_members': None, 'ensemble_weights': None}
+    if fam == 'ensemble':
+        from defect_sam.ensemble import ensemble_row_fields
+        row |= ensemble_row_fields(model_info, row)
     assert list(row) == list(RESULT_COLUMNS), 'row keys follow RESULT_COLUMNS'
     return row
 
 def per_image_csv_name(cfg:ExperimentConfig, row:dict, when:dt.datetime|None=None) -> str:
     "`exp_{model}_{subset}_{prompt}_{imgsz}_{%Y%m%d-%H%M}.csv` (subset: the size, 'full', or 'zeroshot' without training)."
-    sub = (str(cfg.subset_size) if cfg.subset_size else 'full') if cfg.trains else 'zeroshot'
+    sub = (str(cfg.subset_size) if cfg.subset_size else 'full') if cfg.trains else 'zeroshot' if cfg.model != 'ensemble' else f'{len(cfg.ensemble)}runs'
     return f"exp_{cfg.model}_{sub}_{row['prompt_type'] or 'none'}_{row['img_size']}_{(when or dt.datetime.now()):%Y%m%d-%H%M}.csv"
 
 # %% ../nbs/50_experiment.ipynb #7cfc0e89
@@ -745,9 +901,12 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
             parts = experiment_data(cfg)
             n = {k: len(v) for k, v in parts.items()}
             train_info, src_row, model_info = {}, None, {}
-            if cfg.skip_inference:
+            if cfg.skip_inference or cfg.model == 'ensemble':
                 stage = 'rescore'
-                source, src_row = _saved_source(cfg, run_dir)
+                if cfg.skip_inference: source, src_row = _saved_source(cfg, run_dir)
+                else:   # an ensemble: the mean of its members' saved probabilities, then scored like saved predictions
+                    from defect_sam.ensemble import average_saved_runs
+                    source = average_saved_runs(cfg, parts, run_dir, progress)
                 val, test, thr, thr_from = rescore_saved(cfg, parts, source, progress)
                 model_info = test.extras.get('model', {})
             else:
@@ -768,7 +927,8 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
         csv_path = run_dir/'per_image.csv'   # named below, once the row is known
         row = results_row(cfg, test, val, thr, thr_from, train_info, model_info, n, mon.results(), total, run_dir, csv_path)
         if src_row is not None:   # the model's own facts come from the run that made the predictions
-            for k in ('avg_inference_time', 'peak_memory_mb', 'memory_device', 'train_time_s', 'ckpt_path', 'total_time_s'):
+            for k in ('avg_inference_time', 'peak_memory_mb', 'memory_device', 'train_time_s', 'ckpt_path', 'total_time_s', 'augment',
+                      'trainable_params'):
                 row[k] = src_row.get(k)
             row['predictions_from'] = src_row.get('exp_id')
         csv_path = run_dir/per_image_csv_name(cfg, row, now)

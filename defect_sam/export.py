@@ -215,7 +215,7 @@ def load_run_model(results_dir:str|Path, # the results folder
     classes = s['test']['extras']['dataset']['classes']
     rec = {'exp_id': exp_id, 'model': cfg.model, 'family': fam, 'weights': row['weights'], 'dataset': cfg.dataset,
            'class_aware': cfg.class_aware, 'class_names': classes, 'threshold': s['threshold']['value'],
-           'threshold_from': s['threshold']['from'], 'postprocess': str(cfg.postprocess), 'gate': cfg.gate,
+           'threshold_from': s['threshold']['from'], 'postprocess': s['test']['extras']['postprocess'], 'gate': cfg.gate,
            'prompt': cfg.prompt if fam == 'sam2' else None, 'prompt_source': cfg.prompt_source if fam == 'sam2' else None,
            'params': s['used_params']}
     return model, rec

@@ -23,17 +23,19 @@ from skimage.morphology import skeletonize
 from .core import ConfigError, DataError
 
 # %% auto #0
-__all__ = ['SUMMARY_KEYS', 'IOU_AT', 'EMPTY_CONVENTION', 'CALIBRATION_METRICS', 'check_mask', 'confusion_counts', 'iou_score',
-           'dice_score', 'precision_score', 'recall_score', 'f1_score', 'skeletonize_mask', 'disk', 'skeleton_counts',
-           'skeleton_scores', 'check_probs', 'defect_probability', 'prob_histogram', 'pr_curve_from_histogram',
-           'average_precision_from_histogram', 'threshold_probs', 'MetricsResult', 'MetricAccumulator',
-           'evaluate_masks', 'default_thresholds', 'CalibrationResult', 'ThresholdCalibrator', 'calibrate_threshold',
-           'Timer', 'MemoryMonitor']
+__all__ = ['IOU_AT', 'DEFECT_KEYS', 'IMAGE_KEYS', 'SUMMARY_KEYS', 'EMPTY_CONVENTION', 'CALIBRATION_METRICS', 'check_mask',
+           'confusion_counts', 'iou_score', 'dice_score', 'precision_score', 'recall_score', 'f1_score',
+           'skeletonize_mask', 'disk', 'skeleton_counts', 'skeleton_scores', 'check_probs', 'defect_probability',
+           'prob_histogram', 'pr_curve_from_histogram', 'average_precision_from_histogram', 'threshold_probs',
+           'image_scores', 'ScoreSums', 'MetricsResult', 'MetricAccumulator', 'evaluate_masks', 'default_thresholds',
+           'CalibrationResult', 'ThresholdCalibrator', 'calibrate_threshold', 'Timer', 'MemoryMonitor']
 
 # %% ../nbs/11_metrics.ipynb #c503239e
-SUMMARY_KEYS = ('mIoU', 'mDice', 'Precision', 'Recall', 'F1', 'AUPRC', 'IoU@50', 'IoU@75', 'IoU@90', 'IoU@95',
-                'skeleton_IoU', 'kaggle_dice', 'pooled_IoU', 'pooled_Dice')
 IOU_AT = {'IoU@50': 0.5, 'IoU@75': 0.75, 'IoU@90': 0.9, 'IoU@95': 0.95} # the IoU@t keys and their thresholds
+DEFECT_KEYS = ('mIoU_defect', 'mDice_defect', *(f'{k}_defect' for k in IOU_AT)) # the same per-image means over defect images only
+IMAGE_KEYS = ('image_precision', 'image_recall', 'image_F1', 'false_alarm_rate') # image-level detection: any defect pixel or none
+SUMMARY_KEYS = ('mIoU', 'mDice', 'Precision', 'Recall', 'F1', 'AUPRC', *IOU_AT, 'skeleton_IoU', 'kaggle_dice',
+                'pooled_IoU', 'pooled_Dice', 'Precision_pooled', 'Recall_pooled', 'F1_pooled', *DEFECT_KEYS, *IMAGE_KEYS)
 
 EMPTY_CONVENTION = ("A ratio with a zero denominator is 1 when nothing was missed and nothing wrongly predicted, else 0: "
                     "an image (or class) with empty ground truth and empty prediction scores IoU = Dice = precision = recall "
@@ -217,10 +219,61 @@ def threshold_probs(prob:np.ndarray, # HxW or CxHxW probabilities
     if p.ndim == 3: return np.where(p.max(0) >= t, p.argmax(0) + 1, 0).astype(np.uint8)
     raise DataError(f"probabilities must be HxW or CxHxW, got shape {p.shape}")
 
+# %% ../nbs/11_metrics.ipynb #1582a8d2
+def image_scores(counts:np.ndarray, # (..., C, 3) one image's [tp, fp, fn] per class; leading axes (images, thresholds) are kept
+                ) -> dict: # name -> array of the leading shape
+    "The per-image numbers every summary is reduced from."
+    c = np.asarray(counts, np.int64)
+    tp, fp, fn = np.moveaxis(c.sum(-2), -1, 0)
+    return {'iou': iou_score(tp, fp, fn), 'dice': dice_score(tp, fp, fn), 'precision': precision_score(tp, fp, fn),
+            'recall': recall_score(tp, fp, fn), 'f1': f1_score(tp, fp, fn), 'kaggle': np.mean(dice_score(*np.moveaxis(c, -1, 0)), -1),
+            'gt_defect': tp + fn > 0, 'pred_defect': tp + fp > 0, 'tp': tp, 'fp': fp, 'fn': fn}
+
+class ScoreSums:
+    "Running sums of `image_scores` over images (any extra shape, e.g. thresholds, is carried); `summary` reduces them."
+    _MEANS = ('iou', 'dice', 'precision', 'recall', 'f1', 'kaggle')
+    def __init__(self):
+        self.n, self.n_defect = 0, 0
+        self.all = dict.fromkeys((*self._MEANS, *IOU_AT), 0.0)     # over every image
+        self.defect = dict.fromkeys(('iou', 'dice', *IOU_AT), 0.0)  # over images whose ground truth has a defect
+        self.images = dict.fromkeys(('tp', 'fp', 'fn', 'tn'), 0)    # image-level detection counts
+        self.pixels = dict.fromkeys(('tp', 'fp', 'fn'), 0)          # pooled pixel counts
+
+    def add(self, sc:dict, # from `image_scores`
+            batch:bool=False): # the first axis of every value is images (else: one image)
+        "Add one image's (or, with `batch`, several images') scores."
+        red = (lambda a: np.sum(a, 0)) if batch else np.asarray
+        g, p, iou = np.asarray(sc['gt_defect'], bool), np.asarray(sc['pred_defect'], bool), np.asarray(sc['iou'])
+        self.n += len(iou) if batch else 1
+        self.n_defect = self.n_defect + red(g)
+        for k in self._MEANS: self.all[k] = self.all[k] + red(sc[k])
+        for k in ('iou', 'dice'): self.defect[k] = self.defect[k] + red(np.where(g, sc[k], 0.0))
+        for k, v in IOU_AT.items():
+            self.all[k] = self.all[k] + red(iou >= v); self.defect[k] = self.defect[k] + red(g & (iou >= v))
+        for k, m in (('tp', g & p), ('fp', ~g & p), ('fn', g & ~p), ('tn', ~g & ~p)): self.images[k] = self.images[k] + red(m)
+        for k in self.pixels: self.pixels[k] = self.pixels[k] + red(sc[k])
+
+    def summary(self) -> dict:
+        "Every summary key but `AUPRC` and `skeleton_IoU` (they need more than counts)."
+        if not self.n: raise DataError("no images were scored")
+        mean = lambda v, n: np.where(np.asarray(n) > 0, v / np.maximum(n, 1), np.nan)
+        a, d, n = self.all, self.defect, self.n
+        tp, fp, fn = (self.pixels[k] for k in ('tp', 'fp', 'fn'))
+        itp, ifp, ifn, itn = (self.images[k] for k in ('tp', 'fp', 'fn', 'tn'))
+        return {'mIoU': a['iou'] / n, 'mDice': a['dice'] / n, 'Precision': a['precision'] / n, 'Recall': a['recall'] / n,
+                'F1': a['f1'] / n, **{k: a[k] / n for k in IOU_AT}, 'kaggle_dice': a['kaggle'] / n,
+                'pooled_IoU': iou_score(tp, fp, fn), 'pooled_Dice': dice_score(tp, fp, fn),
+                'Precision_pooled': precision_score(tp, fp, fn), 'Recall_pooled': recall_score(tp, fp, fn),
+                'F1_pooled': f1_score(tp, fp, fn),
+                'mIoU_defect': mean(d['iou'], self.n_defect), 'mDice_defect': mean(d['dice'], self.n_defect),
+                **{f'{k}_defect': mean(d[k], self.n_defect) for k in IOU_AT},
+                'image_precision': precision_score(itp, ifp, ifn), 'image_recall': recall_score(itp, ifp, ifn),
+                'image_F1': f1_score(itp, ifp, ifn), 'false_alarm_rate': mean(ifp, ifp + itn)}
+
 # %% ../nbs/11_metrics.ipynb #2b23a3a6
 @dataclass
 class MetricsResult:
-    "Per-image table, the 14-key summary and the extras; unpacks as `table, summary = result`."
+    "Per-image table, the summary (`SUMMARY_KEYS`) and the extras; unpacks as `table, summary = result`."
     table: pd.DataFrame
     summary: dict
     extras: dict
@@ -297,18 +350,13 @@ class MetricAccumulator:
         if not self.rows: raise DataError("no images were evaluated")
 
     def summary(self) -> dict:
-        "The 14 `SUMMARY_KEYS` (floats; NaN where undefined, see the definitions)."
+        "The `SUMMARY_KEYS` (floats; NaN where undefined, see the definitions)."
         self._need()
-        cnt, t = np.stack(self.counts), self.table()
-        tp, fp, fn = cnt.sum((0, 1))
-        P, R = precision_score(tp, fp, fn), recall_score(tp, fp, fn)
-        s = {'mIoU': t.iou.mean(), 'mDice': t.dice.mean(), 'Precision': P, 'Recall': R,
-             'F1': 2 * P * R / (P + R) if P + R > 0 else 0.0,
-             'AUPRC': average_precision_from_histogram(self.hist) if self._with_probs else float('nan')}
-        s.update({k: float((t.iou >= v).mean()) for k, v in IOU_AT.items()})
-        s['skeleton_IoU'] = t.skel_iou.mean() if self.skeleton_radius is not None else float('nan')
-        s['kaggle_dice'] = float(dice_score(*cnt.reshape(-1, 3).T).mean())
-        s['pooled_IoU'], s['pooled_Dice'] = iou_score(tp, fp, fn), dice_score(tp, fp, fn)
+        sums = ScoreSums()
+        sums.add(image_scores(np.stack(self.counts)), batch=True)
+        s = sums.summary()
+        s['AUPRC'] = average_precision_from_histogram(self.hist) if self._with_probs else float('nan')
+        s['skeleton_IoU'] = self.table().skel_iou.mean() if self.skeleton_radius is not None else float('nan')
         return {k: float(s[k]) for k in SUMMARY_KEYS}
 
     def extras(self) -> dict:
@@ -323,11 +371,10 @@ class MetricAccumulator:
              'detection_precision': precision_score(dtp, dfp, dfn), 'detection_recall': recall_score(dtp, dfp, dfn),
              'detection_f1': f1_score(dtp, dfp, dfn), 'detection_accuracy': float((g == p).mean()),
              'detection_counts': {'tp': dtp, 'fp': dfp, 'fn': dfn, 'tn': int((~g & ~p).sum())},
-             'mean_image_precision': float(t.precision.mean()), 'mean_image_recall': float(t.recall.mean()),
-             'mean_image_f1': float(t.f1.mean()),
              'pixel_counts': {'tp': tp, 'fp': fp, 'fn': fn},
              'num_classes': self.num_classes, 'skeleton_radius': self.skeleton_radius, 'auprc_bins': self.auprc_bins,
-             'precision_recall_f1': 'pooled over all pixels of all images (and classes)',
+             'precision_recall_f1': ('Precision, Recall, F1: means over images of per-image pixel scores; *_pooled: from the '
+                                     'counts summed over all pixels of all images (and classes)'),
              'empty_convention': EMPTY_CONVENTION}
         if self.skeleton_radius is not None:
             sk = np.stack(self.skel).sum((0, 1))
@@ -364,7 +411,7 @@ def evaluate_masks(preds:Iterable, # HxW predicted masks (binary or class index)
                    skeleton_radius:int|None=2, # skeleton IoU tolerance in pixels; None: off
                    auprc_bins:int=1000, # histogram bins of the AUPRC
                   ) -> MetricsResult:
-    "Evaluate streams of masks: per-image table, the 14-key summary and extras."
+    "Evaluate streams of masks: per-image table, the summary (`SUMMARY_KEYS`) and extras."
     acc = MetricAccumulator(num_classes, class_names, skeleton_radius, auprc_bins)
     end = object()
     streams = [preds, gts, probs if probs is not None else (), ids if ids is not None else ()]
@@ -375,7 +422,7 @@ def evaluate_masks(preds:Iterable, # HxW predicted masks (binary or class index)
     return acc.result()
 
 # %% ../nbs/11_metrics.ipynb #156eefa8
-CALIBRATION_METRICS = tuple(k for k in SUMMARY_KEYS if k not in ('AUPRC', 'skeleton_IoU'))
+CALIBRATION_METRICS = tuple(k for k in SUMMARY_KEYS if k not in ('AUPRC', 'skeleton_IoU', 'false_alarm_rate')) # higher is better
 
 def default_thresholds() -> np.ndarray:
     "0.01, 0.02, ..., 0.99."
@@ -402,10 +449,10 @@ class ThresholdCalibrator:
         th = np.unique(np.asarray(default_thresholds() if thresholds is None else list(thresholds), np.float64))
         if not len(th) or th.min() < 0 or th.max() > 1: raise ConfigError(f"thresholds must be a non-empty set in [0, 1], got {th}")
         self.thresholds, self.num_classes, self.postprocess = th, num_classes, postprocess
-        T = len(th)
-        self.n = 0
-        self.sums = {k: np.zeros(T) for k in ('iou', 'dice', 'kaggle', *IOU_AT)}
-        self.pooled = np.zeros((T, 3), np.int64)
+        self.sums = ScoreSums()   # per threshold
+
+    @property
+    def n(self) -> int: return self.sums.n
 
     def counts_at_thresholds(self, prob, gt, image=None, where='image') -> np.ndarray:
         "(T, C, 3) [tp, fp, fn] of one image at every threshold."
@@ -432,31 +479,22 @@ class ThresholdCalibrator:
     def update(self, prob, gt, image=None, id=None):
         "Add one image (`image` is passed to the post-processing, e.g. for a CRF)."
         c = self.counts_at_thresholds(prob, gt, image, f"image {id!r}" if id is not None else f"image #{self.n}")
-        tp, fp, fn = np.moveaxis(c.sum(1), -1, 0)
-        iou = iou_score(tp, fp, fn)
-        self.sums['iou'] += iou; self.sums['dice'] += dice_score(tp, fp, fn)
-        self.sums['kaggle'] += dice_score(*np.moveaxis(c, -1, 0)).mean(1)
-        for k, v in IOU_AT.items(): self.sums[k] += iou >= v
-        self.pooled += c.sum(1)
-        self.n += 1
+        self.sums.add(image_scores(c))
 
     def table(self) -> pd.DataFrame:
         "Every calibratable summary key at every threshold."
         if not self.n: raise DataError("threshold calibration saw no images")
-        tp, fp, fn = self.pooled.T
-        P, R = precision_score(tp, fp, fn), recall_score(tp, fp, fn)
-        d = {'mIoU': self.sums['iou'] / self.n, 'mDice': self.sums['dice'] / self.n, 'Precision': P, 'Recall': R,
-             'F1': np.where(P + R > 0, 2 * P * R / np.where(P + R > 0, P + R, 1), 0.0),
-             **{k: self.sums[k] / self.n for k in IOU_AT}, 'kaggle_dice': self.sums['kaggle'] / self.n,
-             'pooled_IoU': iou_score(tp, fp, fn), 'pooled_Dice': dice_score(tp, fp, fn)}
-        return pd.DataFrame(d, index=pd.Index(self.thresholds, name='threshold'))[list(CALIBRATION_METRICS)]
+        s, T = self.sums.summary(), len(self.thresholds)
+        d = {k: np.broadcast_to(np.asarray(s[k], float), (T,)) for k in CALIBRATION_METRICS}
+        return pd.DataFrame(d, index=pd.Index(self.thresholds, name='threshold'))
 
     def best(self, metric:str='mIoU') -> CalibrationResult:
         "The threshold maximising `metric` (ties: nearest 0.5, then the lower)."
         if metric not in CALIBRATION_METRICS: raise ConfigError(f"cannot calibrate on {metric!r}; choose one of {', '.join(CALIBRATION_METRICS)}")
         t = self.table()
         v = t[metric].to_numpy()
-        best = np.flatnonzero(v >= v.max() - 1e-12)
+        if np.isnan(v).all(): raise DataError(f"cannot calibrate on {metric!r}: it is undefined on these {self.n} images (no defect image?)")
+        best = np.flatnonzero(v >= np.nanmax(v) - 1e-12)
         k = best[np.lexsort((self.thresholds[best], np.abs(self.thresholds[best] - 0.5)))[0]]
         return CalibrationResult(float(self.thresholds[k]), metric, float(v[k]), t)
 

@@ -104,7 +104,7 @@ class ModelSpec:
     "How to build one registered model."
     module: str # module holding the builder
     builder: str # function name in `module`
-    family: str # sam2 | unet | yolo | pipeline | gate
+    family: str # sam2 | unet | yolo | pipeline | gate | ensemble
     description: str # one line for listings and the README
     defaults: dict = field(default_factory=dict) # builder keywords fixed by this name
 
@@ -120,6 +120,7 @@ MODELS: dict[str, ModelSpec] = {
     'yolo_seg':      ModelSpec('defect_sam.yolo', 'build_yolo', 'yolo', 'YOLOv8-seg instance segmentation', {'task': 'segment'}),
     'yolo_sam2':     ModelSpec('defect_sam.yolo', 'build_yolo_sam2', 'pipeline', 'YOLOv8 boxes prompting SAM2', {}),
     'gate':          ModelSpec('defect_sam.gate', 'build_gate', 'gate', 'Image-level defect gate: timm ResNet18, one sigmoid per defect class', {}),
+    'ensemble':      ModelSpec('defect_sam.ensemble', 'build_ensemble', 'ensemble', 'mean of the saved probabilities of finished runs (defect-sam ensemble)', {}),
 }
 
 # %% ../nbs/30_models.ipynb #fce62aca

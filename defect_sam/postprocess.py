@@ -74,7 +74,7 @@ def dense_crf(prob:np.ndarray, # HxW or CxHxW defect probabilities
     return q[1] if p.ndim == 2 else q[1:]
 
 # %% ../nbs/12_postprocess.ipynb #943ce265
-_TOKENS = re.compile(r'^(open|close|min)(\d+)$|^(fill|crf)$')
+_TOKENS = re.compile(r'^(open|close|min)(\d+)$|^(fill|crf|min_area_val)$')
 
 @dataclass(frozen=True)
 class PostProcess:
@@ -91,6 +91,7 @@ class PostProcess:
     crf_srgb: float = 13 # CRF appearance colour width
     crf_compat_bilateral: float = 10 # CRF appearance weight
     crf_label_confidence: float = 0.9 # probability given to a mask's label when the CRF gets a mask
+    min_area_val: bool = False # per-class minimum areas, searched on the validation split (`perclass.calibrate_per_class`)
 
     def __post_init__(self):
         for k in ('open', 'close', 'min_area', 'crf_iters'):
@@ -101,6 +102,7 @@ class PostProcess:
             if getattr(self, k) and getattr(self, k) % 2 == 0:
                 raise ConfigError(f"post-processing {k} kernel must be odd (a centred kernel), got {getattr(self, k)}")
         if not 0.5 < self.crf_label_confidence < 1: raise ConfigError(f"crf_label_confidence must lie in (0.5, 1), got {self.crf_label_confidence}")
+        if self.min_area_val and self.min_area: raise ConfigError(f"post-processing: min{self.min_area} and min_area_val both set a minimum area; keep one")
 
     @classmethod
     def from_spec(cls, spec:'None|str|dict|PostProcess'=None) -> 'PostProcess':
@@ -120,15 +122,16 @@ class PostProcess:
         if toks == ['none']: return cls()
         for t in toks:
             m = _TOKENS.match(t)
-            if not m: raise ConfigError(f"bad post-processing step {t!r} in {spec!r}; steps: open<k>, close<k>, fill, min<n>, crf")
-            key = {'open': 'open', 'close': 'close', 'min': 'min_area', 'fill': 'fill_holes', 'crf': 'crf'}[m[1] or m[3]]
+            if not m: raise ConfigError(f"bad post-processing step {t!r} in {spec!r}; steps: open<k>, close<k>, fill, min<n>, min_area_val, crf")
+            key = {'open': 'open', 'close': 'close', 'min': 'min_area', 'fill': 'fill_holes', 'crf': 'crf', 'min_area_val': 'min_area_val'}[m[1] or m[3]]
             if key in kw: raise ConfigError(f"post-processing step {key!r} given twice in {spec!r}")
             kw[key] = int(m[2]) if m[2] else True
         return cls(**kw)
 
     def __str__(self):
         s = [f'open{self.open}' if self.open else '', f'close{self.close}' if self.close else '',
-             'fill' if self.fill_holes else '', f'min{self.min_area}' if self.min_area else '', 'crf' if self.crf else '']
+             'fill' if self.fill_holes else '', f'min{self.min_area}' if self.min_area else '', 'min_area_val' if self.min_area_val else '',
+             'crf' if self.crf else '']
         return ','.join(t for t in s if t) or 'none'
 
     def to_dict(self) -> dict:
@@ -178,6 +181,8 @@ class PostProcess:
                  threshold:float=0.5, # probability threshold (ignored for a mask)
                 ) -> np.ndarray: # HxW uint8 (class-index) mask
         "Probabilities (or a mask) to the final mask."
+        if self.min_area_val: raise ConfigError("post-processing 'min_area_val' needs its per-class areas: calibrate it on validation "
+                                                "predictions first (perclass.calibrate_per_class)")
         x = np.asarray(prob_or_mask)
         if np.issubdtype(x.dtype, np.floating):
             p = self.refine(x, image)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -56,12 +57,19 @@ class Predictor:
         prob = quantize(prob)   # 8-bit, as the run's evaluation saw them: the masks the results table scored
         return self.postprocess(prob, image, self.threshold), prob
 
-def _check_applicable(rec:dict, where:str):
-    "Refuse what predict cannot apply yet (per-class thresholds, test-time augmentation)."
-    params = rec.get('params') or {}
-    if params.get('tta'): raise ConfigError(f"{where}: the run uses test-time augmentation (tta={params['tta']!r}); predict does not apply it yet")
-    if not isinstance(rec.get('threshold'), (int, float)):
-        raise ConfigError(f"{where}: the run's threshold {rec.get('threshold')!r} is not one number (per-class thresholds?); predict does not apply it yet")
+def _postprocess(rec:dict) -> PostProcess:
+    "The run's applied post-processing: its recorded settings (per-class thresholds and areas included), or a spec string."
+    pp = rec.get('postprocess') or 'none'
+    if not isinstance(pp, dict): return PostProcess.from_spec(pp)
+    from defect_sam.ensemble import postprocess_from_dict
+    return postprocess_from_dict(pp)
+
+def _check_applicable(rec:dict, where:str) -> float:
+    "The run's threshold (NaN when per-class thresholds decide); refuses a run that recorded neither."
+    t = rec.get('threshold')
+    if isinstance(t, (int, float)) and not math.isnan(t): return float(t)
+    if isinstance(rec.get('postprocess'), dict) and 'class_thresholds' in rec['postprocess']: return float('nan')
+    raise ConfigError(f"{where}: the run's threshold {t!r} is not one number and it recorded no per-class thresholds")
 
 def _sam_prompts(rec:dict, cfg=None, model=None):
     "image -> Prompts for a SAM2 source, or a ConfigError when its prompts came from the ground truth."
@@ -99,11 +107,13 @@ def load_predictor(source:str|Path, # an exp_id, a U-Net .onnx file, or a SAM2 e
         from defect_sam.export import load_run_model, run_record
         model, rec = load_run_model(results_dir, str(source), device)
         cfg = run_record(results_dir, str(source), device)[3]
-    _check_applicable(rec, str(source))
+    threshold = _check_applicable(rec, str(source))
     prompts = _sam_prompts(rec, cfg, model) if rec['family'] == 'sam2' else None
+    from defect_sam.tta import with_tta
+    model = with_tta(model, (rec.get('params') or {}).get('tta'))   # the run's TTA, inside its gate, as in the run
     model = _gated(model, rec, results_dir, device, use_gate)
     names = list(rec['class_names'])
-    return Predictor(model, float(rec['threshold']), PostProcess.from_spec(rec.get('postprocess') or 'none'), names,
+    return Predictor(model, threshold, _postprocess(rec), names,
                      bool(rec['class_aware']), str(source), prompts, rec)
 
 # %% ../nbs/61_predict.ipynb #807d9c24
@@ -169,8 +179,12 @@ def predict_folder(predictor:Predictor, # from load_predictor
     else: (out/'errors.csv').unlink(missing_ok=True)
     rec = predictor.record
     write_json_atomic(out/'predict.json', {'source': predictor.source, 'exp_id': rec.get('exp_id'), 'model': rec.get('model'),
-        'weights': rec.get('weights'), 'dataset': rec.get('dataset'), 'threshold': predictor.threshold,
+        'weights': rec.get('weights'), 'dataset': rec.get('dataset'),
+        'threshold': None if math.isnan(predictor.threshold) else predictor.threshold,
         'postprocess': str(predictor.postprocess), 'class_names': predictor.class_names, 'class_aware': predictor.class_aware,
+        'class_thresholds': list(getattr(predictor.postprocess, 'class_thresholds', [])) or None,
+        'class_min_areas': list(getattr(predictor.postprocess, 'class_min_areas', [])) or None,
+        'tta': (rec.get('params') or {}).get('tta'),
         'gate': (predictor.model.info().get('gate') if hasattr(predictor.model, 'gate') else None),
         'n_images': len(files), 'n_written': len(masks), 'n_errors': len(err), 'errors': errors,
         'submission': sub.name if sub else None, 'csv_format': csv_format if sub else None})

@@ -196,6 +196,15 @@ class Prompts:
     @property
     def is_empty(self) -> bool: return len(self) == 0
 
+    def digest(self) -> str:
+        "A short hash of the prompt values (boxes, points, labels, classes): equal prompts give equal digests."
+        h = hashlib.sha1()
+        for name in ('boxes', 'points', 'labels', 'classes'):
+            a = getattr(self, name)
+            h.update(f'{name}:{None if a is None else a.shape}:'.encode())
+            if a is not None: h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:12]
+
     def as_kwargs(self) -> dict:
         "The keywords of a prompted `Segmenter.predict`: only the fields that are set."
         d = dict(boxes=self.boxes, points=self.points, labels=self.labels, classes=self.classes, num_classes=self.num_classes)
@@ -208,10 +217,10 @@ class Prompts:
         return f"Prompts({', '.join(parts)})"
 
 # %% ../nbs/10_prompts.ipynb #2c2a4f00
-def prompt_seed(seed:int, # the run's seed
+def prompt_seed(seed:int, # the evaluation's prompt seed (experiments: `eval_prompt_seed`, not the run seed)
                 sample_id:str, # the image's id
                ) -> int:
-    "A per-image seed from the run seed and the image id: the same prompts for every model, in any order."
+    "A per-image seed from the prompt seed and the image id: the same prompts for every model, in any order."
     return int(hashlib.sha1(f"{seed}:{sample_id}".encode()).hexdigest()[:8], 16)
 
 def make_prompts(mask:np.ndarray, # HxW ground truth: binary, or class index (0 = background)

@@ -18,14 +18,15 @@ from matplotlib.figure import Figure
 from matplotlib import ticker as mticker
 
 from .core import ConfigError, DataError, atomic_write
-from .experiment import RESULT_COLUMNS, ExperimentConfig, read_results, resolve_path
+from .experiment import PROMPT_REGIMES, RESULT_COLUMNS, ExperimentConfig, prompt_regime, read_results, resolve_path
+from .metrics import f1_score, iou_score, precision_score, recall_score
 
 # %% auto #0
-__all__ = ['METRICS', 'POOLED', 'ReportFigure', 'new_report_figure', 'dataset_panels', 'save_report_figure', 'run_label',
-           'config_key', 'load_results', 'per_image', 'metric_values', 'bootstrap', 'leaderboard', 'plot_leaderboard',
-           'paired_comparison', 'plot_paired', 'plot_data_efficiency', 'plot_lora_vs_full', 'plot_prompt_comparison',
-           'pareto_front', 'plot_speed_accuracy', 'best_per_model', 'plot_metric_distributions', 'plot_qualitative',
-           'build_report']
+__all__ = ['RANKINGS', 'RANKING_TITLES', 'METRICS', 'POOLED', 'ReportFigure', 'new_report_figure', 'dataset_panels',
+           'save_report_figure', 'in_ranking', 'run_label', 'config_key', 'load_results', 'per_image', 'metric_values',
+           'bootstrap', 'leaderboard', 'plot_leaderboard', 'paired_comparison', 'plot_paired', 'plot_data_efficiency',
+           'plot_lora_vs_full', 'plot_prompt_comparison', 'pareto_front', 'plot_speed_accuracy', 'best_per_model',
+           'plot_metric_distributions', 'plot_qualitative', 'build_report']
 
 # %% ../nbs/52_report.ipynb #23176865
 @dataclass
@@ -69,9 +70,22 @@ def save_report_figure(fig:Figure, # the figure
     return paths
 
 # %% ../nbs/52_report.ipynb #88e6214b
-_CONFIG_COLUMNS = ('dataset', 'model', 'variant', 'subset_size', 'prompt_type', 'prompt_source', 'sam2_size', 'weights',
-                   'lora_strategy', 'lora_rank', 'img_size', 'batch_size', 'steps', 'lr', 'wd', 'threshold_from', 'postprocess',
-                   'class_aware', 'gate')
+_CONFIG_COLUMNS = ('dataset', 'model', 'variant', 'subset_size', 'prompt_type', 'prompt_source', 'prompt_kwargs', 'sam2_size',
+                   'weights', 'lora_strategy', 'lora_rank', 'img_size', 'batch_size', 'steps', 'lr', 'wd', 'augment',
+                   'threshold_from', 'postprocess', 'class_aware')
+
+_CONFIG_COLUMNS += ('tta',) # runs with and without TTA are different configurations
+_CONFIG_COLUMNS += ('gate',) # a gated run is not a seed of its ungated twin
+RANKINGS = {'deployable': ('automatic', 'none'), 'oracle': ('oracle',)} # the prompt regimes each ranking holds
+RANKING_TITLES = {'deployable': 'deployable: automatic prompts and prompt-free models',
+                  'oracle': 'oracle prompts (from the ground truth): the upper bound of prompting'}
+
+def in_ranking(df:pd.DataFrame, # a results table from `load_results`
+               ranking:str, # 'deployable' or 'oracle'
+              ) -> pd.DataFrame:
+    "The rows one ranking holds: oracle-prompted runs are never ranked with the others."
+    if ranking not in RANKINGS: raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+    return df[df.prompt_regime.isin(RANKINGS[ranking])] if len(df) else df
 
 def _fmt(v) -> str:
     if isinstance(v, float) and v.is_integer(): return str(int(v))
@@ -90,7 +104,8 @@ def run_label(row) -> str:
     if g('prompt_type') and m != 'yolo_sam2': parts.append(g('prompt_type') + (' det' if str(g('prompt_source') or 'gt') != 'gt' else ''))
     if g('subset_size') is not None: parts.append(f"n={_fmt(g('subset_size'))}")
     if g('lr') is not None and m not in ('sam2_zeroshot',): parts.append(f"lr={_fmt(g('lr'))}")
-    if g('threshold_from') and g('threshold_from') != 'fixed': parts.append('thr:val')
+    if g('threshold_from') and g('threshold_from') != 'fixed': parts.append('thr:val/class' if 'per_class' in g('threshold_from') else 'thr:val')
+    if g('tta'): parts.append(f"TTA:{g('tta')}")
     if g('postprocess') and g('postprocess') != 'none': parts.append(g('postprocess'))
     if g('gate'): parts.append('+gate')
     return ' '.join(parts)
@@ -107,6 +122,9 @@ def load_results(results_dir:str|Path, # the results folder (or its experiments.
     t = t.reindex(columns=list(t.columns) + [c for c in RESULT_COLUMNS if c not in t.columns])   # older or hand-made tables
     if dataset is not None: t = t[t.dataset == dataset]
     t = t.reset_index(drop=True)
+    rows = t.to_dict('records')   # tables written before the regime column: derive it from the model and its prompts
+    t['prompt_regime'] = [r['prompt_regime'] if isinstance(r['prompt_regime'], str) and r['prompt_regime'] else
+                          prompt_regime(r['model'], r['prompt_type'], r['prompt_source']) for r in rows]
     t['label'] = [run_label(r) for r in t.to_dict('records')]
     t['config'] = [config_key(r) for r in t.to_dict('records')]
     return t
@@ -122,14 +140,23 @@ def per_image(results_dir:str|Path, # the results folder
 # %% ../nbs/52_report.ipynb #068047a8
 def _safe_div(a, b): return np.divide(a, b, out=np.ones_like(a, dtype=float), where=b > 0)
 
+def _ge(t, k):
+    "Per image, the share of seeds whose IoU is >= k% (`_pooled_table` keeps it per seed), or the image's own indicator."
+    return t[f'iou_ge{k}'] if f'iou_ge{k}' in t else (t['iou'] >= k / 100).astype(float)
+
+def _defect(t, v): return v.where(t['gt_defect'].astype(float) > 0.5)   # NaN on defect-free images: left out of the mean
+
 METRICS: dict[str, Callable] = {
     'mIoU': lambda t: t['iou'], 'mDice': lambda t: t['dice'], 'skeleton_IoU': lambda t: t['skel_iou'],
-    **{f'IoU@{k}': (lambda k: lambda t: (t['iou'] >= k / 100).astype(float))(k) for k in (50, 75, 90, 95)},
-} # per-image values whose mean is the metric
+    'Precision': lambda t: t['precision'], 'Recall': lambda t: t['recall'], 'F1': lambda t: t['f1'],
+    **{f'IoU@{k}': (lambda k: lambda t: _ge(t, k))(k) for k in (50, 75, 90, 95)},
+    'mIoU_defect': lambda t: _defect(t, t['iou']), 'mDice_defect': lambda t: _defect(t, t['dice']),
+    **{f'IoU@{k}_defect': (lambda k: lambda t: _defect(t, _ge(t, k)))(k) for k in (50, 75, 90, 95)},
+    'false_alarm_rate': lambda t: t['pred_defect'].astype(float).where(t['gt_defect'].astype(float) < 0.5),
+} # per-image values whose mean (NaN left out) is the metric, named as the results row's columns
 POOLED: dict[str, Callable] = {
-    'Precision': lambda tp, fp, fn: _safe_div(tp, tp + fp), 'Recall': lambda tp, fp, fn: _safe_div(tp, tp + fn),
-    'F1': lambda tp, fp, fn: _safe_div(2 * tp, 2 * tp + fp + fn), 'pooled_IoU': lambda tp, fp, fn: _safe_div(tp, tp + fp + fn),
-} # metrics of summed pixel counts
+    'Precision_pooled': precision_score, 'Recall_pooled': recall_score, 'F1_pooled': f1_score, 'pooled_IoU': iou_score,
+} # metrics of summed pixel counts, with the metrics module's zero-denominator rule
 
 def metric_values(table:pd.DataFrame, metric:str) -> np.ndarray:
     "Per-image values of `metric` (n,) or, for pooled metrics, the per-image counts (n, 3)."
@@ -179,7 +206,10 @@ def _pooled_table(results_dir, rows:pd.DataFrame) -> pd.DataFrame|None:
     tabs = [t.set_index('id') for t in tabs if t is not None]
     if not tabs: return None
     ids = sorted(set.intersection(*(set(t.index) for t in tabs)))
-    cols = [c for c in ('iou', 'dice', 'skel_iou', 'tp', 'fp', 'fn') if all(c in t for t in tabs)]
+    for t in tabs:
+        for k in (50, 75, 90, 95): t[f'iou_ge{k}'] = (t['iou'] >= k / 100).astype(float)   # per seed, before averaging
+    cols = [c for c in ('iou', 'dice', 'precision', 'recall', 'f1', 'skel_iou', 'tp', 'fp', 'fn', 'gt_defect', 'pred_defect',
+                        'iou_ge50', 'iou_ge75', 'iou_ge90', 'iou_ge95') if all(c in t for t in tabs)]
     return sum(t.loc[ids, cols].astype(float) for t in tabs) / len(tabs) if ids else None
 
 def _groups(df:pd.DataFrame, by:str):
@@ -187,21 +217,23 @@ def _groups(df:pd.DataFrame, by:str):
     return df.groupby('config' if by == 'config' else 'exp_id', sort=False)
 
 def leaderboard(results_dir:str|Path, # the results folder
-                metrics:tuple=('mIoU', 'mDice', 'F1'), # report metrics (METRICS or POOLED)
+                metrics:tuple=('mIoU', 'mDice', 'mIoU_defect'), # report metrics (METRICS or POOLED)
                 by:str='config', # 'config' (seeds pooled) or 'run'
                 dataset:str|None=None, # one dataset's runs (default: all, with a dataset column)
                 n_boot:int=2000, # bootstrap resamples
                 seed:int=0, # bootstrap seed
                 results:pd.DataFrame|None=None, # the table (default: load_results(results_dir, dataset))
+                ranking:str='deployable', # 'deployable' (automatic prompts and prompt-free models) or 'oracle' (ground-truth prompts)
                ) -> pd.DataFrame:
-    "Metric estimates with bootstrap 95% intervals, best first."
-    df = load_results(results_dir, dataset) if results is None else results
-    table_col = {'mIoU': 'test_mIoU', 'mDice': 'test_Dice'}
+    "Metric estimates with bootstrap 95% intervals, best first, within one ranking: oracle prompts are never ranked with the others."
+    df = in_ranking(load_results(results_dir, dataset) if results is None else results, ranking)
+    table_col = {'mIoU': 'test_mIoU', 'mDice': 'test_Dice', 'mIoU_defect': 'test_mIoU_defect', 'mDice_defect': 'test_Dice_defect'}
     rows, missing = [], []
     for key, g in _groups(df, by):
         first = g.iloc[0]
         t = _pooled_table(results_dir, g)
-        r = {'dataset': first.get('dataset'), 'label': first['label'], 'model': first['model'], 'n_seeds': len(g),
+        r = {'dataset': first.get('dataset'), 'label': first['label'], 'model': first['model'], 'prompt_regime': first['prompt_regime'],
+             'n_seeds': len(g),
              'exp_ids': ' '.join(g.exp_id), 'n_images': 0 if t is None else len(t),
              'avg_inference_time': g['avg_inference_time'].mean() if 'avg_inference_time' in g else np.nan}
         if t is None: missing.append(first['label'])
@@ -225,11 +257,13 @@ def plot_leaderboard(results_dir:str|Path, # the results folder
                      top:int=20, # configurations shown per dataset
                      n_boot:int=2000, seed:int=0, # bootstrap
                      results:pd.DataFrame|None=None, # the table (default: all runs)
-                     name:str='leaderboard') -> ReportFigure:
-    "Bars of `metric` with bootstrap 95% intervals, best first, one panel per dataset."
-    df = load_results(results_dir) if results is None else results
-    if not len(df): return ReportFigure(name, message=f'no runs in {results_dir}')
-    board = leaderboard(results_dir, (metric,), n_boot=n_boot, seed=seed, results=df)
+                     ranking:str='deployable', # 'deployable' or 'oracle' (see `leaderboard`)
+                     name:str|None=None) -> ReportFigure: # default: leaderboard_<ranking>
+    "Bars of `metric` with bootstrap 95% intervals, best first, one panel per dataset, within one ranking."
+    name = name or f'leaderboard_{ranking}'
+    df = in_ranking(load_results(results_dir) if results is None else results, ranking)
+    if not len(df): return ReportFigure(name, message=f'no {ranking} runs ({", ".join(RANKINGS[ranking])} prompt regime) in {results_dir}')
+    board = leaderboard(results_dir, (metric,), n_boot=n_boot, seed=seed, results=df, ranking=ranking)
     dsets = _datasets(board) or [None]
     n_max = max(min(top, (board.dataset == d).sum() if d else len(board)) for d in dsets)
     fig, axes = dataset_panels(len(dsets), 6, 0.8 + 0.28 * n_max)
@@ -239,6 +273,7 @@ def plot_leaderboard(results_dir:str|Path, # the results folder
         ax.barh(b.label, b[metric], xerr=np.nan_to_num(err), color='tab:blue', alpha=0.8, capsize=2, error_kw={'lw': 1})
         ax.set(xlabel=f'test {metric} (95% bootstrap CI)', xlim=(0, 1), title=str(d or ''))
         ax.tick_params(axis='y', labelsize=7); ax.grid(axis='x', alpha=0.3)
+    fig.suptitle(RANKING_TITLES[ranking], fontsize=9)
     msg = (f"no per-image tables (no intervals) for {board.attrs['missing_per_image']}" if board.attrs['missing_per_image'] else None)
     return ReportFigure(name, save_report_figure(fig, name, out_dir or Path(results_dir)/'figures'), board, msg)
 
@@ -310,10 +345,13 @@ def _line_label(r) -> str:
 
 def plot_data_efficiency(results_dir:str|Path, # the results folder
                          metric:str='test_mIoU', # a results column
-                         out_dir:str|Path|None=None, results:pd.DataFrame|None=None, name:str='data_efficiency') -> ReportFigure:
-    "Metric against training-set size per model, one panel per dataset; zero-shot runs as references."
-    df = load_results(results_dir) if results is None else results
-    if not len(df): return ReportFigure(name, message=f'no runs in {results_dir}')
+                         out_dir:str|Path|None=None, results:pd.DataFrame|None=None,
+                         ranking:str='deployable', # 'deployable' or 'oracle' (see `leaderboard`)
+                         name:str|None=None) -> ReportFigure: # default: data_efficiency_<ranking>
+    "Metric against training-set size per model, one panel per dataset; zero-shot runs of the same ranking as references."
+    name = name or f'data_efficiency_{ranking}'
+    df = in_ranking(load_results(results_dir) if results is None else results, ranking)
+    if not len(df): return ReportFigure(name, message=f'no {ranking} runs in {results_dir}')
     _check_metric(df, metric)
     df = df.assign(line=[_line_label(r) for r in df.to_dict('records')])
     trained, zs = df[df.subset_size.notna()], df[df.subset_size.isna()]
@@ -334,14 +372,18 @@ def plot_data_efficiency(results_dir:str|Path, # the results folder
         ax.set_xscale('log'); ticks = sorted(s.subset_size.unique()); ax.set_xticks(ticks, [_fmt(v) for v in ticks]); ax.minorticks_off()
         ax.set(xlabel='training images', ylabel=metric, title=str(d)); ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
+    fig.suptitle(RANKING_TITLES[ranking], fontsize=9)
     return ReportFigure(name, save_report_figure(fig, name, out_dir or Path(results_dir)/'figures'), pd.concat(tabs, ignore_index=True))
 
 # %% ../nbs/52_report.ipynb #ea9358dd
 def plot_lora_vs_full(results_dir:str|Path, metric:str='test_mIoU', # a results column
                       subset_size:int|None=None, # training-set size to compare at (default: the largest)
-                      out_dir:str|Path|None=None, results:pd.DataFrame|None=None, name:str='lora_vs_full') -> ReportFigure:
-    "Metric against LoRA rank per strategy, with full fine-tuning and zero-shot as references, one panel per dataset."
-    df = load_results(results_dir) if results is None else results
+                      out_dir:str|Path|None=None, results:pd.DataFrame|None=None,
+                      ranking:str='oracle', # 'oracle' (ground-truth prompts, the usual LoRA study) or 'deployable'
+                      name:str|None=None) -> ReportFigure: # default: lora_vs_full_<ranking>
+    "Metric against LoRA rank per strategy, with full fine-tuning and zero-shot as references, one panel per dataset, within one ranking."
+    name = name or f'lora_vs_full_{ranking}'
+    df = in_ranking(load_results(results_dir) if results is None else results, ranking)
     _check_metric(df, metric) if len(df) else None
     lora = df[df.model == 'sam2_lora'] if len(df) else df
     if not len(lora): return ReportFigure(name, message='no LoRA runs (model sam2_lora) in the results table')
@@ -364,6 +406,7 @@ def plot_lora_vs_full(results_dir:str|Path, metric:str='test_mIoU', # a results 
         if ranks: ax.set_xscale('log', base=2); ax.set_xticks(ranks, [_fmt(v) for v in ranks])
         ax.set(xlabel='LoRA rank', ylabel=metric, title=f'{d}, n={_fmt(n)} training images'); ax.grid(alpha=0.3); ax.legend(fontsize=6)
         tabs += [s.assign(dataset=d, model='sam2_lora'), full.assign(dataset=d, model='sam2_full')]
+    fig.suptitle(RANKING_TITLES[ranking], fontsize=9)
     return ReportFigure(name, save_report_figure(fig, name, out_dir or Path(results_dir)/'figures'),
                         pd.concat(tabs, ignore_index=True), '; '.join(notes) or None)
 
@@ -376,16 +419,18 @@ def plot_prompt_comparison(results_dir:str|Path, metric:str='test_mIoU', out_dir
     if not len(p): return ReportFigure(name, message='no prompted (SAM2) runs in the results table')
     _check_metric(p, metric)
     if p.prompt_type.nunique() < 2: return ReportFigure(name, message=f'only one prompt type ({p.prompt_type.iloc[0]}) in the results table')
-    p = p.assign(who=[run_label({**r, 'prompt_type': None}) for r in p.to_dict('records')])
+    p = p.assign(who=[run_label({**r, 'prompt_type': None}) for r in p.to_dict('records')],
+                 prompt=[f"{r['prompt_type']}{' det' if str(r['prompt_source']).startswith('detector') else ''}\n({r['prompt_regime']})"
+                         for r in p.to_dict('records')])   # every bar says whether its prompt came from the ground truth
     dsets = _datasets(p)
     fig, axes = dataset_panels(len(dsets), 6, 4)
     tabs = []
     for ax, d in zip(axes, dsets):
-        s = _seed_mean(p[p.dataset == d], metric, ['who', 'prompt_type'])
-        prompts, who = sorted(s.prompt_type.unique()), sorted(s.who.unique())
+        s = _seed_mean(p[p.dataset == d], metric, ['who', 'prompt_type', 'prompt_regime', 'prompt'])
+        prompts, who = sorted(s.prompt.unique()), sorted(s.who.unique())
         w = 0.8 / len(who)
         for k, m in enumerate(who):
-            g = s[s.who == m].set_index('prompt_type').reindex(prompts)
+            g = s[s.who == m].set_index('prompt').reindex(prompts)
             ax.bar(np.arange(len(prompts)) + k * w - 0.4 + w / 2, g['mean'], w, yerr=g['std'].fillna(0), capsize=2, label=m)
         ax.set_xticks(np.arange(len(prompts)), prompts); ax.set(ylabel=metric, title=str(d), ylim=(0, 1))
         ax.legend(fontsize=6); ax.grid(axis='y', alpha=0.3)
@@ -402,10 +447,12 @@ def pareto_front(time:np.ndarray, value:np.ndarray) -> np.ndarray:
 def plot_speed_accuracy(results_dir:str|Path, metric:str='test_mIoU', out_dir:str|Path|None=None,
                         results:pd.DataFrame|None=None, name:str='speed_accuracy',
                         annotate:str='pareto', # label 'pareto' (the best trade-offs), 'all' or 'none' of the points
+                        ranking:str='deployable', # 'deployable' or 'oracle' (see `leaderboard`)
                        ) -> ReportFigure:
-    "Scatter of inference time per image against the metric, one panel per dataset; the Pareto front is drawn."
+    "Scatter of inference time per image against the metric, one panel per dataset, within one ranking; the Pareto front is drawn."
     if annotate not in ('pareto', 'all', 'none'): raise ConfigError(f"annotate must be 'pareto', 'all' or 'none', got {annotate!r}")
-    df = load_results(results_dir) if results is None else results
+    if name == 'speed_accuracy': name = f'speed_accuracy_{ranking}'
+    df = in_ranking(load_results(results_dir) if results is None else results, ranking)
     ok = df[df.avg_inference_time.notna() & (df.avg_inference_time > 0)] if len(df) else df
     if not len(ok): return ReportFigure(name, message='no runs with a recorded inference time')
     _check_metric(ok, metric)
@@ -432,6 +479,7 @@ def plot_speed_accuracy(results_dir:str|Path, metric:str='test_mIoU', out_dir:st
                             xytext=(-4 if right else 4, 3), ha='right' if right else 'left', annotation_clip=True)
         ax.set(xlabel='inference time per image (s, log scale)', ylabel=metric, title=str(d)); ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc='upper left', bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    fig.suptitle(RANKING_TITLES[ranking], fontsize=9)
     return ReportFigure(name, save_report_figure(fig, name, out_dir or Path(results_dir)/'figures'), s.drop(columns='config'))
 
 # %% ../nbs/52_report.ipynb #ad513bb2
@@ -445,14 +493,17 @@ def best_per_model(df:pd.DataFrame, metric:str='test_mIoU', n:int|None=None) -> 
 def plot_metric_distributions(results_dir:str|Path, exp_ids:list|None=None, # runs (configurations) to show (default: best per model)
                               metric:str='mIoU', # a per-image metric (METRICS)
                               dataset:str|None=None, # the dataset (default: the one with most runs)
-                              out_dir:str|Path|None=None, results:pd.DataFrame|None=None, name:str='metric_distributions') -> ReportFigure:
+                              out_dir:str|Path|None=None, results:pd.DataFrame|None=None, name:str='metric_distributions',
+                              ranking:str='deployable', # the ranking whose best runs are shown by default (see `leaderboard`)
+                             ) -> ReportFigure:
     "Box plots of a per-image metric for several configurations of one dataset."
     if metric not in METRICS: raise ConfigError(f"distributions need a per-image metric: {', '.join(METRICS)}")
     df = load_results(results_dir) if results is None else results
     if not len(df): return ReportFigure(name, message=f'no runs in {results_dir}')
     d = dataset or df.dataset.value_counts().index[0]
-    dd = df[df.dataset == d]
+    dd = in_ranking(df[df.dataset == d], ranking)
     ids = exp_ids or best_per_model(dd)
+    if not ids: return ReportFigure(name, message=f'no {ranking} runs on {d}')
     data, labels, missing = [], [], []
     for e in ids:
         g = _select(df, e)
@@ -543,14 +594,18 @@ def build_report(results_dir:str|Path='results', # the results folder
     "Every report figure of a results folder, by name (missing data gives a message, never an error)."
     df = load_results(results_dir)
     out = Path(out_dir) if out_dir is not None else Path(results_dir)/'figures'
-    per_image_metric = {'test_mIoU': 'mIoU', 'test_Dice': 'mDice', 'skeleton_IoU': 'skeleton_IoU'}.get(metric, 'mIoU')
-    figs = {'leaderboard': plot_leaderboard(results_dir, per_image_metric, out, n_boot=n_boot, seed=seed, results=df),
-            'data_efficiency': plot_data_efficiency(results_dir, metric, out, df),
-            'lora_vs_full': plot_lora_vs_full(results_dir, metric, out_dir=out, results=df),
-            'prompts': plot_prompt_comparison(results_dir, metric, out, df),
-            'speed_accuracy': plot_speed_accuracy(results_dir, metric, out, df)}
-    if paired is None and len(df):
-        board = figs['leaderboard'].table
+    per_image_metric = {'test_mIoU': 'mIoU', 'test_Dice': 'mDice', 'skeleton_IoU': 'skeleton_IoU',
+                        'test_mIoU_defect': 'mIoU_defect', 'test_Dice_defect': 'mDice_defect'}.get(metric, 'mIoU')
+    figs = {}
+    for rk in RANKINGS:   # every ranking figure twice: deployable systems, and the oracle upper bound, never mixed
+        figs[f'leaderboard_{rk}'] = plot_leaderboard(results_dir, per_image_metric, out, n_boot=n_boot, seed=seed, results=df, ranking=rk)
+        figs[f'data_efficiency_{rk}'] = plot_data_efficiency(results_dir, metric, out, df, ranking=rk)
+        figs[f'lora_vs_full_{rk}'] = plot_lora_vs_full(results_dir, metric, out_dir=out, results=df, ranking=rk)
+        figs[f'speed_accuracy_{rk}'] = plot_speed_accuracy(results_dir, metric, out, df, ranking=rk)
+    figs['prompts'] = plot_prompt_comparison(results_dir, metric, out, df)
+    if paired is None and len(df):   # the two best configurations of the first ranking that has two
+        boards = [figs[f'leaderboard_{rk}'].table for rk in RANKINGS]
+        board = next((b for b in boards if b is not None and len(b[b.dataset == b.dataset.iloc[0]]) > 1), None)
         top = board[board.dataset == board.dataset.iloc[0]] if board is not None and len(board) else None
         paired = [(top.exp_ids.iloc[0].split()[0], top.exp_ids.iloc[1].split()[0])] if top is not None and len(top) > 1 else []
     for k, (a, b) in enumerate(paired or []):
@@ -558,8 +613,9 @@ def build_report(results_dir:str|Path='results', # the results folder
     if not paired: figs['paired'] = ReportFigure('paired', message='fewer than two configurations to compare')
     for d in _datasets(df):
         sfx = f'_{d}' if len(_datasets(df)) > 1 else ''
-        figs[f'metric_distributions{sfx}'] = plot_metric_distributions(results_dir, metric=per_image_metric, dataset=d, out_dir=out,
-                                                                       results=df, name=f'metric_distributions{sfx}')
+        for rk in RANKINGS:
+            figs[f'metric_distributions_{rk}{sfx}'] = plot_metric_distributions(
+                results_dir, metric=per_image_metric, dataset=d, out_dir=out, results=df, name=f'metric_distributions_{rk}{sfx}', ranking=rk)
         figs[f'qualitative{sfx}'] = plot_qualitative(results_dir, dataset=d, out_dir=out, results=df, name=f'qualitative{sfx}')
     if not len(df): figs['all'] = ReportFigure('all', message=f'no runs in {results_dir}')
     return figs

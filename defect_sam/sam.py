@@ -349,6 +349,8 @@ class SamSegmenter(TrainableSegmenter):
                           expand_ratio:float=0.0, # box expansion (see `boxes_from_mask`)
                           n_neg:int=0, # negative points per object (points_k)
                           min_area:int=10, # components with fewer pixels get no prompt (and are ignored by the loss)
+                          neg_ring:int=10, # negative points lie within this many pixels of their object
+                          per_component:bool=True, # points_k: one prompt per component, else one per mask (per class)
                           class_aware:bool=False, # prompts per class, C x H x W logits (needs num_classes)
                           num_classes:int|None=None): # number of defect classes (class_aware)
         "How `forward_batch` simulates training prompts from each image's ground truth (the training loop sets it)."
@@ -359,8 +361,10 @@ class SamSegmenter(TrainableSegmenter):
         if not (isinstance(min_area, (int, np.integer)) and min_area >= 1): raise ConfigError(f"min_area must be an int >= 1, got {min_area!r}")
         if class_aware and not (isinstance(num_classes, (int, np.integer)) and num_classes >= 1):
             raise ConfigError(f"class-aware training prompts need num_classes >= 1, got {num_classes!r}")
+        if not (isinstance(neg_ring, (int, np.integer)) and neg_ring >= 1): raise ConfigError(f"neg_ring must be an int >= 1, got {neg_ring!r}")
         self.train_prompts = dict(kind=kind, jitter=float(jitter), expand_ratio=float(expand_ratio), n_neg=int(n_neg),
-                                  min_area=int(min_area), class_aware=bool(class_aware),
+                                  min_area=int(min_area), neg_ring=int(neg_ring), per_component=bool(per_component),
+                                  class_aware=bool(class_aware),
                                   num_classes=int(num_classes) if class_aware else None)
 
     def __repr__(self):
@@ -745,13 +749,16 @@ def simulate_prompts(mask:np.ndarray, # HxW class-index ground truth
                      expand_ratio:float=0.0, # box expansion
                      n_neg:int=0, # negative points per object (points_k)
                      min_area:int=10, # smaller components get no prompt and are ignored by the loss
+                     neg_ring:int=10, # negative points lie within this many pixels of their object
+                     per_component:bool=True, # points_k: one prompt per component, else one per mask (per class)
                      class_aware:bool=False, # prompts per class, C-channel target
                      num_classes:int|None=None, # number of defect classes (class_aware)
                     ) -> tuple[Prompts, np.ndarray, np.ndarray]: # prompts, target (C, H, W), valid (C, H, W) float32
     "Training prompts from a ground-truth mask, with the target and valid maps their combined answer is scored on."
     C = num_classes if class_aware else None
     p = make_prompts(mask, kind, seed=int(rng.integers(2**32)), class_aware=class_aware, num_classes=C, min_area=min_area,
-                     expand_ratio=expand_ratio, jitter=jitter, n_neg=n_neg, source='train')
+                     expand_ratio=expand_ratio, jitter=jitter, n_neg=n_neg, neg_ring=neg_ring, per_component=per_component,
+                     source='train')
     layers = [mask == c for c in range(1, C + 1)] if class_aware else [mask > 0]
     target = np.stack(layers).astype(np.float32)
     valid = np.stack([~_small_components(m, min_area) for m in layers]).astype(np.float32)

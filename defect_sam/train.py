@@ -74,9 +74,12 @@ class TrainConfig:
     prompt_expand_ratio:float=0.0 # box expansion
     prompt_n_neg:int=0 # negative points per object
     prompt_min_area:int=10 # components with fewer pixels get no prompt (ignored by the loss)
+    prompt_neg_ring:int=10 # negative points lie within this many pixels of their object
+    prompt_per_component:bool=True # points_k: one prompt per connected component, else one per mask (per class)
     class_aware:bool=False # per-class prompts and targets (prompted models) and per-class validation
     val_prompt:str|None=None # prompt kind at validation; None: `prompt` (prompted models only)
     val_prompt_kwargs:dict=field(default_factory=dict) # make_prompts options at validation (default: evaluation's)
+    val_prompt_seed:int|None=None # seed of the validation prompts; None: `seed` (experiments pass their `eval_prompt_seed`)
     val_threshold:float=0.5 # probability threshold at validation
     val_batch_size:int=1 # images per model call at validation
     augment:dict|None=field(default_factory=dict) # `Augment` options ({}: its defaults, flips); None: no augmentation
@@ -437,8 +440,9 @@ class _Run:
         seed_everything(cfg.seed + self.rank, cfg.deterministic)
         if model.needs_prompts:
             C = len(self.train_ds.classes) - 1 if cfg.class_aware else None
-            model.set_train_prompts(cfg.prompt, cfg.prompt_jitter, cfg.prompt_expand_ratio, cfg.prompt_n_neg,
-                                    cfg.prompt_min_area, cfg.class_aware, C)
+            model.set_train_prompts(cfg.prompt, jitter=cfg.prompt_jitter, expand_ratio=cfg.prompt_expand_ratio, n_neg=cfg.prompt_n_neg,
+                                    min_area=cfg.prompt_min_area, neg_ring=cfg.prompt_neg_ring, per_component=cfg.prompt_per_component,
+                                    class_aware=cfg.class_aware, num_classes=C)
         self.params = _run_params(model, self.train_ds, self.val_ds, cfg, self.world, self.mp)
         self.phash = params_hash(self.params)
         ck = self._read_last(resume)
@@ -580,7 +584,8 @@ class _Run:
             prompt = (cfg.val_prompt or cfg.prompt) if self.model.needs_prompts else None
             with preserve_rng(), torch.no_grad(), eval_mode(self.module), _plain_forward(self.module):
                 r = evaluate(self.model, self.val_ds, prompt=prompt, threshold=cfg.val_threshold, class_aware=cfg.class_aware,
-                             seed=cfg.seed, progress=False, prompt_kwargs=cfg.val_prompt_kwargs or None,
+                             seed=cfg.seed if cfg.val_prompt_seed is None else cfg.val_prompt_seed, progress=False,
+                             prompt_kwargs=cfg.val_prompt_kwargs or None,
                              batch_size=cfg.val_batch_size)
             res = {'val_mIoU': float(r.summary['mIoU']), 'val_mDice': float(r.summary['mDice'])}
         return broadcast_object_list([res])[0] if self.world > 1 else res

@@ -164,21 +164,27 @@ def yolo_boxes(mask:np.ndarray, # HxW class-index mask
 
 def yolo_polygons(mask:np.ndarray, # HxW class-index mask
                   binary:bool=True, # one class (any defect) or one per defect class
+                  min_width:int=3, # components thinner than this (pixels) are widened to it first (1: exact contours)
                  ) -> list[tuple]:
     "YOLO segmentation labels (cls, [x1, y1, x2, y2, ...]), normalized, one outer contour per connected component."
+    if min_width < 1: raise ConfigError(f"min_width must be >= 1 pixel, got {min_width}")
     H, W = mask.shape
+    r = (min_width - 1) // 2
     out = []
     for cls, lab, k, (x, y, w, h, a) in _components(mask, binary):
-        sub = (lab[y:y + h, x:x + w] == k).astype(np.uint8)
+        x, y, x1, y1 = max(x - r, 0), max(y - r, 0), min(x + w + r, W), min(y + h + r, H)
+        sub = (lab[y:y1, x:x1] == k).astype(np.uint8)
+        if r and 2 * cv2.distanceTransform(np.pad(sub, 1), cv2.DIST_L2, 3).max() - 1 < min_width:   # thinner than min_width
+            sub = cv2.dilate(sub, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
         cs, _ = cv2.findContours(sub, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         pts = max(cs, key=len).reshape(-1, 2) + (x, y)
         if len(pts) < 3: pts = np.concatenate([pts, pts[::-1], pts])[:3]   # 1 pixel or a 2-point line: a degenerate triangle
         out.append((cls, (pts / (W, H)).ravel().tolist()))
     return out
 
-def _label_lines(mask:np.ndarray, task:str, binary:bool) -> list[str]:
+def _label_lines(mask:np.ndarray, task:str, binary:bool, min_width:int=3) -> list[str]:
     if task == 'detect': return [f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for c, cx, cy, w, h in yolo_boxes(mask, binary)]
-    return [f"{c} " + ' '.join(f'{v:.6f}' for v in p) for c, p in yolo_polygons(mask, binary)]
+    return [f"{c} " + ' '.join(f'{v:.6f}' for v in p) for c, p in yolo_polygons(mask, binary, min_width)]
 
 # %% ../nbs/06_transforms.ipynb #9fef0496
 def export_yolo(splits:dict, # split name -> DefectDataset; needs 'train' and 'val' ('test' optional)
@@ -186,6 +192,7 @@ def export_yolo(splits:dict, # split name -> DefectDataset; needs 'train' and 'v
                 task:str='detect', # 'detect' (boxes) or 'segment' (polygons)
                 binary:bool=True, # one 'defect' class, or one YOLO class per defect class
                 image_format:str|None=None, # '.jpg'/'.png' to re-encode; None copies source files (else PNG)
+                min_width:int=3, # segment: thinner components are widened to this many pixels (see `yolo_polygons`)
                ) -> Path:
     "Write an ultralytics YOLO dataset from split DefectDatasets; returns the path of its data.yaml."
     if task not in ('detect', 'segment'): raise ConfigError(f"task={task!r}; valid: 'detect', 'segment'")
@@ -196,7 +203,8 @@ def export_yolo(splits:dict, # split name -> DefectDataset; needs 'train' and 'v
     for k, d in splits.items():
         if not binary and list(d.as_multiclass().classes[1:]) != names: raise ConfigError(f"export_yolo: split {k!r} has other classes than the first split")
     out_dir = Path(out_dir).absolute()
-    fingerprint = {'task': task, 'binary': binary, 'names': names, 'image_format': image_format, 'format_version': 1,
+    fingerprint = {'task': task, 'binary': binary, 'names': names, 'image_format': image_format, 'format_version': 2,
+                   'min_width': min_width if task == 'segment' else None,
                    'splits': {k: params_hash({'ids': list(d.ids)}) for k, d in splits.items()},
                    'sources': {k: d.root and str(d.root) for k, d in splits.items()}}
     stamp = out_dir/'export.json'
@@ -214,7 +222,7 @@ def export_yolo(splits:dict, # split name -> DefectDataset; needs 'train' and 'v
             view = d.as_multiclass()
             for s in tqdm(view, desc=f'YOLO {task}: {k}', leave=False):
                 name = _save_sample_image(s, tmp/'images'/k, image_format)
-                lines = _label_lines(s.mask, task, binary)
+                lines = _label_lines(s.mask, task, binary, min_width)
                 (tmp/'labels'/k/(Path(name).stem + '.txt')).write_text(''.join(l + '\n' for l in lines))
         data = {'path': str(out_dir), **{k: f'images/{k}' for k in splits}, 'nc': len(names), 'names': dict(enumerate(names))}
         (tmp/'data.yaml').write_text(yaml.safe_dump(data, sort_keys=False))

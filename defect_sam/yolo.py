@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import socket
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -24,11 +25,12 @@ from fastcore.basics import patch
 from .core import ConfigError, DataError, cache_dir, preserve_rng, seed_everything, write_json_atomic
 from .models import Segmenter
 from .prompts import Prompts
-from .transforms import export_yolo
+from .transforms import Augment, export_yolo
 
 # %% auto #0
 __all__ = ['YOLO_TASKS', 'YOLO_SCALES', 'boxes_to_prob', 'masks_to_prob', 'yolo_offline', 'network_available', 'yolo_weights',
-           'yolo_device', 'YoloSegmenter', 'YoloTrainResult', 'build_yolo', 'YoloSam2', 'build_yolo_sam2']
+           'yolo_device', 'YoloSegmenter', 'YoloTrainResult', 'yolo_augment_args', 'build_yolo', 'YoloSam2',
+           'build_yolo_sam2']
 
 # %% ../nbs/32_yolo.ipynb #331761d3
 def _check_num_classes(n) -> int:
@@ -310,6 +312,22 @@ class YoloTrainResult:
 _RESERVED = {'data', 'epochs', 'lr0', 'imgsz', 'batch', 'device', 'seed', 'project', 'name', 'exist_ok', 'model',
              'task', 'mode', 'resume', 'optimizer', 'workers', 'amp', 'plots', 'pretrained', 'verbose', 'deterministic'}
 
+# ultralytics' own training augmentations, off unless asked for: every model of the comparison trains with one `augment`
+_YOLO_AUG_OFF = {'mosaic': 0.0, 'mixup': 0.0, 'cutmix': 0.0, 'copy_paste': 0.0, 'hsv_h': 0.0, 'hsv_s': 0.0, 'hsv_v': 0.0,
+                 'degrees': 0.0, 'translate': 0.0, 'scale': 0.0, 'shear': 0.0, 'perspective': 0.0, 'close_mosaic': 0}
+
+def yolo_augment_args(augment:dict|None, # `transforms.Augment` options ({}: its defaults, flips), or None: no augmentation
+                     ) -> dict: # ultralytics training arguments
+    "The ultralytics arguments that apply `augment` and switch every other ultralytics augmentation off."
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    off = {k: v for k, v in _YOLO_AUG_OFF.items() if k in DEFAULT_CFG_DICT}   # cutmix is newer than some ultralytics releases
+    if augment is None: return {**off, 'fliplr': 0.0, 'flipud': 0.0}
+    a = Augment(**augment)
+    extra = [k for k in ('elastic', 'noise', 'blur', 'brightness_contrast') if getattr(a, k) > 0]
+    if extra: raise ConfigError(f"augment {extra}: ultralytics has no such augmentation, so YOLO cannot train like the other models; "
+                                f"use flips only, or give YOLO its own ultralytics arguments in train_options")
+    return {**off, 'fliplr': float(a.hflip), 'flipud': float(a.vflip)}
+
 def _check_overrides(overrides:dict):
     from ultralytics.cfg import DEFAULT_CFG_DICT
     bad = sorted(set(overrides) - set(DEFAULT_CFG_DICT))
@@ -361,7 +379,8 @@ def train(self:YoloSegmenter,
            workers:int=0, # dataloader workers
            amp:bool|str=False, # mixed precision on GPU: False, True or 'bf16' (no effect on CPU)
            verbose:bool=False, # ultralytics' per-epoch logging
-           **overrides, # any other ultralytics training argument (lrf, patience, mosaic, cos_lr, ...)
+           augment:dict|None='ultralytics', # `Augment` options mapped by `yolo_augment_args` ({}: flips), None: none; 'ultralytics': its defaults
+           **overrides, # any other ultralytics training argument (lrf, patience, mosaic, cos_lr, ...); they win over `augment`
           ) -> YoloTrainResult:
     "Train with ultralytics' trainer on DefectDataset splits; loads the best checkpoint and records mAP."
     if optimizer == 'auto': raise ConfigError("optimizer='auto' makes ultralytics choose its own learning rate; name one (AdamW, SGD, ...)")
@@ -383,7 +402,7 @@ def train(self:YoloSegmenter,
     args = dict(data=str(data), epochs=int(epochs), lr0=float(lr), imgsz=imgsz, batch=int(batch), device=dev, seed=int(seed),
                 deterministic=True, project=str(out), name='train', exist_ok=True, optimizer=optimizer, workers=int(workers),
                 amp=amp if dev not in ('cpu', 'mps') else False, plots=False, pretrained=self.source.endswith('.pt'),
-                verbose=verbose, **overrides)
+                verbose=verbose, **{**({} if augment == 'ultralytics' else yolo_augment_args(augment)), **overrides})
     seed_everything(seed)
     t0 = time.perf_counter()
     with yolo_offline():

@@ -35,8 +35,9 @@ def test_run_in_process_then_report(tmp_path):
     assert len(t) == 1 and f'done {t.exp_id[0]}: test mIoU' in r.stdout
     rep = cli('report', '--results-dir', tmp_path, '--n-boot', '50')
     assert rep.returncode == 0, rep.stderr
-    assert 'leaderboard: ' in rep.stdout and 'lora_vs_full: skipped: no LoRA runs' in rep.stdout
-    assert (tmp_path/'figures'/'leaderboard.pdf').exists()
+    assert 'leaderboard_oracle: ' in rep.stdout and 'lora_vs_full_oracle: skipped: no LoRA runs' in rep.stdout
+    assert 'leaderboard_deployable: skipped: no deployable runs' in rep.stdout   # one oracle-prompted run: nothing deployable
+    assert (tmp_path/'figures'/'leaderboard_oracle.pdf').exists()
 
 
 def test_bad_parameters_exit_2_and_name_them(tmp_path, capsys):

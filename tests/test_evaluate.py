@@ -75,9 +75,10 @@ def test_oracle_scores_perfectly_binary_and_class_aware():
     ds = synthetic_dataset()
     r = evaluate(Oracle(ds), ds, progress=False)
     assert isinstance(r, EvalResult) and list(r.summary) == list(SUMMARY_KEYS)
-    assert all(r.summary[k] == 1.0 for k in SUMMARY_KEYS), r.summary
+    perfect = {k: 0.0 if k == 'false_alarm_rate' else 1.0 for k in SUMMARY_KEYS}
+    assert r.summary == perfect, r.summary
     rc = evaluate(Oracle(ds, C=2), ds, class_aware=True, progress=False)
-    assert all(rc.summary[k] == 1.0 for k in SUMMARY_KEYS)
+    assert rc.summary == perfect
     assert set(rc.extras['per_class']) == {'c1', 'c2'} and 'iou_c1' in rc.table
 
 
@@ -211,7 +212,7 @@ class Broken(Segmenter):
 def test_bad_model_outputs_fail_loudly(out, err, msg):
     ds = synthetic_dataset(n=3)
     if err is None:
-        assert evaluate(Broken(out), ds, progress=False).summary['Recall'] == 0.0
+        assert evaluate(Broken(out), ds, progress=False).summary['Recall_pooled'] == 0.0
         return
     with pytest.raises(err, match=msg.replace('(', r'\(').replace(')', r'\)').replace('[', r'\[').replace(']', r'\]')):
         evaluate(Broken(out), ds, progress=False)
@@ -261,7 +262,7 @@ def test_real_neu_samples(shared_data):
     assert r.summary['kaggle_dice'] == 1.0 and r.summary['mIoU'] == 1.0
     pm = PromptedOracle(ds, C=3)
     rb = evaluate(pm, ds, prompt='box', class_aware=True, progress=False)   # min_area 10 drops specks only
-    assert rb.summary['Precision'] == 1.0 and 0.9 < rb.summary['Recall'] <= 1.0
+    assert rb.summary['Precision_pooled'] == 1.0 and 0.9 < rb.summary['Recall_pooled'] <= 1.0
     assert rb.extras['n_empty_prompts'] == 0     # every NEU image has a defect
 
 

@@ -229,6 +229,12 @@ def test_yolo_detector_prompts_sam2(tmp_path):
     sam = run_experiment({**base, 'prompt_source': det.row['exp_id']}, progress=False)
     assert sam.row['prompt_source'] == f"detector:{det.row['exp_id']}" and sam.row['prompt_type'] == 'box'
     assert sam.test.extras['prompt_source'] == 'yolo_det' and sam.row['exp_id'].split('-')[2] == 'box'
+    assert sam.row['prompt_regime'] == 'automatic' and sam.row['detector_img_size'] == 64   # the size the detector trained at
+    assert det.row['augment'] == 'fliplr=0.5,flipud=0.5'
+    from defect_sam.experiment import detector_source
+    assert detector_source(ExperimentConfig(**{**base, 'prompt_source': det.row['exp_id'], 'detector_img_size': 96}))[2:] == (96, 'detector_img_size')
+    ckpt = str(tmp_path/det.row['ckpt_path'])
+    assert detector_source(ExperimentConfig(**{**base, 'prompt_source': ckpt}))[2] == 64   # from the checkpoint's train_args
     with pytest.raises(ConfigError, match='neither a .pt checkpoint nor the exp_id'):
         run_experiment({**base, 'prompt_source': 'no-such-run'}, progress=False)
     pipe = run_experiment({**base, 'model': 'yolo_sam2'}, progress=False)
@@ -237,3 +243,78 @@ def test_yolo_detector_prompts_sam2(tmp_path):
     assert (tmp_path/r['ckpt_path']).exists()
     again = run_experiment({**base, 'model': 'yolo_sam2', 'threshold': 0.3}, progress=False)   # same training: reused
     assert again.row['ckpt_path'] == r['ckpt_path'] and again.row['train_time_s'] < r['train_time_s']
+
+
+# ---- the fair protocol (issue 11): identical evaluation prompts, defect-image and image-level columns, prompt options
+
+FAIR = {**TINY, 'dataset_options': {'n_images': 16, 'height': 32, 'width': 128}, 'n_figures': 0}
+
+
+def _per_image(d, row):
+    return pd.read_csv(Path(d)/row['per_image_csv'], dtype={'id': str, 'prompt_hash': str}).set_index('id')
+
+
+def test_run_seeds_share_the_evaluation_prompts(tmp_path):
+    "Runs that differ only in their seed are prompted alike on every image; another eval_prompt_seed prompts otherwise."
+    base = {**FAIR, 'prompt': 'points_3', 'prompt_kwargs': {'n_neg': 2}, 'results_dir': str(tmp_path)}
+    a, b = (run_experiment({**base, 'seed': s}, progress=False) for s in (0, 1))
+    assert a.row['exp_id'] != b.row['exp_id'] and a.row['eval_prompt_seed'] == b.row['eval_prompt_seed'] == 42
+    ta, tb = _per_image(tmp_path, a.row), _per_image(tmp_path, b.row)
+    has = ta.gt_defect.astype(bool)
+    assert has.sum() >= 2 and (ta.n_prompts[has] > 0).all()
+    assert ta.prompt_hash[has].tolist() == tb.prompt_hash[has].tolist()
+    c = run_experiment({**base, 'seed': 0, 'eval_prompt_seed': 7}, progress=False)
+    assert c.row['eval_prompt_seed'] == 7 and (_per_image(tmp_path, c.row).prompt_hash[has] != ta.prompt_hash[has]).any()
+    again = run_experiment({**base, 'seed': 0, 'threshold': 0.3, 'skip_inference': True}, progress=False)   # re-scored: kept
+    assert _per_image(tmp_path, again.row).prompt_hash[has].tolist() == ta.prompt_hash[has].tolist()
+
+
+def test_oracle_row_defect_columns_over_defect_images_and_no_image_level(tmp_path):
+    r = run_experiment({**FAIR, 'results_dir': str(tmp_path)}, progress=False).row
+    t = _per_image(tmp_path, r)
+    has = t.gt_defect.astype(bool)
+    assert 0 < has.sum() < len(t), 'the test split needs defect and defect-free images'
+    assert r['prompt_regime'] == 'oracle'
+    assert r['test_mIoU_defect'] == pytest.approx(t.iou[has].mean()) and r['test_Dice_defect'] == pytest.approx(t.dice[has].mean())
+    assert r['IoU@50_defect'] == pytest.approx((t.iou[has] >= 0.5).mean())
+    assert r['test_mIoU'] == pytest.approx(t.iou.mean()) and (t.iou[~has] == 1).all()   # defect-free: no prompt, scored 1
+    assert all(pd.isna(r[k]) for k in ('image_precision', 'image_recall', 'image_F1', 'false_alarm_rate', 'kaggle_dice'))
+    assert r['Precision'] == pytest.approx(t.precision.mean()) and r['F1'] == pytest.approx(r['test_Dice'])
+
+
+def test_prompt_free_row_image_level_matches_a_direct_count(tmp_path):
+    pytest.importorskip('segmentation_models_pytorch')
+    r = run_experiment({**FAIR, 'model': 'unet', 'img_size': 64, 'steps': 1, 'batch_size': 2, 'threshold': 0.3,
+                        'results_dir': str(tmp_path)}, progress=False).row
+    t = _per_image(tmp_path, r)
+    g, p = t.gt_defect.astype(bool).to_numpy(), t.pred_defect.astype(bool).to_numpy()
+    tp, fp, fn, tn = (g & p).sum(), (~g & p).sum(), (g & ~p).sum(), (~g & ~p).sum()
+    assert r['prompt_regime'] == 'none' and r['augment'] == 'hflip=0.5,vflip=0.5' and r['trainable_params'] > 0
+    assert fp + tn > 0 and r['false_alarm_rate'] == pytest.approx(fp / (fp + tn))
+    if tp + fp: assert r['image_precision'] == pytest.approx(tp / (tp + fp))
+    assert r['image_recall'] == pytest.approx(tp / (tp + fn))
+    tot = t[['tp', 'fp', 'fn']].sum()
+    assert r['Precision_pooled'] == pytest.approx(tot.tp / (tot.tp + tot.fp) if tot.tp + tot.fp else float(tot.fn == 0))
+
+
+def test_prompt_kwargs_reach_training_validation_and_test(tmp_path, monkeypatch):
+    "One prompt_kwargs: the training prompt simulation, validation during training, the threshold calibration and test."
+    import defect_sam.evaluate as ev
+    import defect_sam.sam as sam
+    seen = {'train': [], 'eval': []}
+    sim, mk = sam.simulate_prompts, ev.make_prompts
+    def spy_sim(mask, rng, **kw): seen['train'].append((kw['n_neg'], kw['neg_ring'])); return sim(mask, rng, **kw)
+    def spy_mk(mask, kind, **kw): seen['eval'].append((kw.get('n_neg'), kw.get('neg_ring'))); return mk(mask, kind, **kw)
+    monkeypatch.setattr(sam, 'simulate_prompts', spy_sim); monkeypatch.setattr(ev, 'make_prompts', spy_mk)
+    pk = {'n_neg': 2, 'neg_ring': 4}
+    res = run_experiment({**FAIR, 'model': 'sam2_lora', 'prompt': 'points_1', 'prompt_kwargs': pk, 'steps': 2, 'batch_size': 2,
+                          'lora_rank': 2, 'threshold': 'val', 'train_options': {'val_every': 1}, 'results_dir': str(tmp_path)},
+                         progress=False)
+    assert seen['train'] and set(seen['train']) == {(2, 4)}
+    assert seen['eval'] and set(seen['eval']) == {(2, 4)}          # validation in training, calibration on val, test
+    s = json.loads((res.run_dir/'summary.json').read_text())
+    tc = s['train']['train']['config']
+    assert tc['prompt_n_neg'] == 2 and tc['prompt_neg_ring'] == 4 and tc['val_prompt_kwargs'] == pk and tc['val_prompt_seed'] == 42
+    assert s['validation']['extras']['prompt_kwargs'] == s['test']['extras']['prompt_kwargs'] == pk
+    assert json.loads(res.row['prompt_kwargs']) == pk and res.row['prompt_regime'] == 'oracle'
+    assert 0 < res.row['trainable_params'] < res.row['total_params']

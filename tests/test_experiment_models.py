@@ -20,7 +20,11 @@ FAMILIES = {
     'yolo_seg': dict(lr=1e-3),
 }
 METRICS = ('test_mIoU', 'test_Dice', 'IoU@50', 'IoU@75', 'IoU@90', 'IoU@95', 'Precision', 'Recall', 'F1', 'AUPRC',
-           'skeleton_IoU', 'kaggle_dice', 'val_mIoU', 'val_Dice', 'avg_inference_time', 'peak_memory_mb', 'total_time_s')
+           'skeleton_IoU', 'val_mIoU', 'val_Dice', 'avg_inference_time', 'peak_memory_mb', 'total_time_s',
+           'test_mIoU_defect', 'test_Dice_defect', 'IoU@50_defect', 'Precision_pooled', 'Recall_pooled', 'F1_pooled')
+IMAGE_LEVEL = ('image_precision', 'image_recall', 'image_F1', 'false_alarm_rate')
+REGIME = {'sam2_zeroshot': 'oracle', 'sam2_lora': 'oracle', 'unet': 'none', 'yolo_seg': 'none'}
+AUGMENT = {'sam2_lora': 'hflip=0.5,vflip=0.5', 'unet': 'hflip=0.5,vflip=0.5', 'yolo_seg': 'fliplr=0.5,flipud=0.5'}
 
 
 @pytest.mark.parametrize('model', list(FAMILIES))
@@ -44,6 +48,10 @@ def test_papermill_run_writes_a_complete_row(model, tmp_path):
         assert (tmp_path/row.ckpt_path).exists() and row.steps == 2 and row.lr == params.get('lr', 1e-3)
         assert row.subset_size == row.n_train > 0
     assert row.weights == 'random' and row.model == model and row.git_commit != ''
+    assert row.prompt_regime == REGIME[model] and pd.isna(row.kaggle_dice)          # binary run: no competition metric
+    for c in IMAGE_LEVEL: assert pd.isna(row[c]) if REGIME[model] == 'oracle' else math.isfinite(row[c]), (c, row[c])
+    assert (row.augment == AUGMENT[model]) if trains else pd.isna(row.augment)
+    assert (row.trainable_params > 0) == trains and row.total_params >= row.trainable_params
     run = tmp_path/row.run_dir
     assert (run/'done.json').exists() and (tmp_path/row.per_image_csv).exists()
     s = json.loads((run/'summary.json').read_text())

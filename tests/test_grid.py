@@ -29,6 +29,15 @@ def test_shipped_grids_expand():
     assert len(expand_grid(ROOT/'grids'/'example.yaml')) == 4
     demo = [r.config for r in expand_grid(ROOT/'grids'/'demo.yaml')]   # the README figures: offline, so nothing pretrained
     assert len(demo) == 14 and {c.weights for c in demo} == {'random'} and {c.device for c in demo} == {'cpu'}
+    # the Severstal thesis's point protocol: k positives with as many negatives
+    assert {(c.prompt, c.prompt_kwargs['n_neg']) for s in ('zeroshot_points_neg3', 'zeroshot_points_neg5') for c in by[s]} == \
+           {('points_3', 3), ('points_5', 5)}
+    assert {c.eval_seed for c in (r.config for r in runs)} == {42} and {str(c.augment) for c in (r.config for r in runs)} == {'{}'}
+    # the Crack500 study's zero-shot protocol: boxes expanded by 5%, min_area 10, 1/3/5 points per component, its test list
+    crack = [r.config for r in expand_grid(ROOT/'grids'/'crack500.yaml')]
+    assert len(crack) == 16 and {c.prompt for c in crack} == {'box', 'points_1', 'points_3', 'points_5'}
+    assert all(c.prompt_kwargs == {'expand_ratio': 0.05, 'min_area': 10, 'per_component': True} and c.test_options == {'split': 'test'}
+               for c in crack)
 
 
 def test_ids_do_not_depend_on_the_machine(tmp_path):

@@ -58,14 +58,35 @@ def test_summary_matches_references(data):
     yt = np.concatenate([g.ravel() for _, g in pairs]); yp = np.concatenate([p.ravel() for p, _ in pairs])
     labels = list(range(1, C + 1))
     if np.isin(yp, labels).any():
-        assert s['Precision'] == pytest.approx(skm.precision_score(yt, yp, labels=labels, average='micro', zero_division=0))
+        assert s['Precision_pooled'] == pytest.approx(skm.precision_score(yt, yp, labels=labels, average='micro', zero_division=0))
     if np.isin(yt, labels).any():
-        assert s['Recall'] == pytest.approx(skm.recall_score(yt, yp, labels=labels, average='micro', zero_division=0))
+        assert s['Recall_pooled'] == pytest.approx(skm.recall_score(yt, yp, labels=labels, average='micro', zero_division=0))
         assert s['pooled_Dice'] == pytest.approx(skm.f1_score(yt, yp, labels=labels, average='micro', zero_division=0))
     if np.isin(yt, labels).any() or np.isin(yp, labels).any():
         assert s['pooled_IoU'] == pytest.approx(skm.jaccard_score(yt, yp, labels=labels, average='micro', zero_division=0))
-    else: assert s['pooled_IoU'] == 1.0 and s['Precision'] == 1.0 and s['Recall'] == 1.0
-    assert s['F1'] == pytest.approx(s['pooled_Dice'])
+    else: assert s['pooled_IoU'] == 1.0 and s['Precision_pooled'] == 1.0 and s['Recall_pooled'] == 1.0
+    assert s['F1_pooled'] == pytest.approx(s['pooled_Dice'])
+    # the studies' columns: means over images of per-image pixel scores (F1 then equals mDice)
+    def img_pr(p, g):
+        tp = sum(((p == c) & (g == c)).sum() for c in labels); npred = np.isin(p, labels).sum(); ngt = np.isin(g, labels).sum()
+        P = tp / npred if npred else float(ngt == 0); R = tp / ngt if ngt else float(npred == 0)
+        return P, R
+    pr_ = np.array([img_pr(p, g) for p, g in pairs])
+    assert s['Precision'] == pytest.approx(pr_[:, 0].mean()) and s['Recall'] == pytest.approx(pr_[:, 1].mean())
+    assert s['F1'] == pytest.approx(s['mDice'])
+    # defect images only, counted directly
+    has = np.array([bool(np.isin(g, labels).any()) for _, g in pairs])
+    if has.any():
+        assert s['mIoU_defect'] == pytest.approx(ref[has, 0].mean()) and s['mDice_defect'] == pytest.approx(ref[has, 1].mean())
+        assert s['IoU@75_defect'] == pytest.approx((ref[has, 0] >= 0.75).mean())
+    else: assert math.isnan(s['mIoU_defect']) and math.isnan(s['IoU@50_defect'])
+    # image-level detection, counted directly: flagged = any predicted defect pixel
+    flag = np.array([bool(np.isin(p, labels).any()) for p, _ in pairs])
+    tp_, fp_, fn_, tn_ = (has & flag).sum(), (~has & flag).sum(), (has & ~flag).sum(), (~has & ~flag).sum()
+    if tp_ + fp_: assert s['image_precision'] == pytest.approx(tp_ / (tp_ + fp_))
+    if tp_ + fn_: assert s['image_recall'] == pytest.approx(tp_ / (tp_ + fn_))
+    if fp_ + tn_: assert s['false_alarm_rate'] == pytest.approx(fp_ / (fp_ + tn_))
+    else: assert math.isnan(s['false_alarm_rate'])
     # Kaggle: mean over (image, class) pairs, empty/empty = 1
     kd = []
     for p, g in pairs:

@@ -19,9 +19,9 @@ TINY = dict(model='sam2_zeroshot', weights='random', sam2_image_size=64, device=
 
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
-    "Two real (tiny, untrained) zero-shot runs that differ in their prompt."
+    "Three real (tiny, untrained) zero-shot runs that differ in their prompt: two oracle prompts, one automatic."
     d = tmp_path_factory.mktemp('results')
-    for p in ('box', 'points_1'): run_experiment({**TINY, 'prompt': p, 'results_dir': str(d)}, progress=False)
+    for p in ('box', 'points_1', 'full_image'): run_experiment({**TINY, 'prompt': p, 'results_dir': str(d)}, progress=False)
     return d
 
 
@@ -35,8 +35,10 @@ def test_report_notebook_runs(results, tmp_path):
     assert 'skipped: no model was trained on two or more subset sizes' in text
     assert 'skipped: no LoRA runs' in text
     figs = {p.name for p in (results/'figures').iterdir()}
-    for name in ('leaderboard', 'prompts', 'speed_accuracy', 'paired_0', 'metric_distributions', 'qualitative'):
+    for name in ('leaderboard_oracle', 'leaderboard_deployable', 'prompts', 'speed_accuracy_oracle', 'speed_accuracy_deployable',
+                 'paired_0', 'metric_distributions_oracle', 'metric_distributions_deployable', 'qualitative'):
         assert {f'{name}.png', f'{name}.pdf'} <= figs, name
+    assert '### deployable' in text or 'deployable' in str([c.get('outputs') for c in nb.cells])
     assert not [n for n in figs if n.endswith('.tmp')]
 
 
@@ -47,6 +49,14 @@ def test_qualitative_shows_the_same_images_across_runs(results):
     ids = f.table.images.iloc[0].split()
     assert 1 <= len(ids) <= 3 and set(ids) <= set(pd.read_csv(results/runs.per_image_csv[0], dtype={'id': str}).id)
     assert len(plot_qualitative(results).table) == 1   # by default the best run of each model (here one model)
+
+
+def test_oracle_and_deployable_runs_are_never_ranked_together(results):
+    runs = load_results(results)
+    assert sorted(runs.prompt_regime) == ['automatic', 'oracle', 'oracle']
+    dep, orc = leaderboard(results, n_boot=20), leaderboard(results, n_boot=20, ranking='oracle')
+    assert list(dep.prompt_regime) == ['automatic'] and sorted(orc.prompt_regime) == ['oracle', 'oracle']
+    assert set(plot_speed_accuracy(results).table.label) == set(dep.label)
 
 
 def _fake(tmp_path, rows, n=30, seed=0, with_tables=True):
@@ -96,7 +106,7 @@ def test_missing_per_image_tables(tmp_path):
     assert 'no per-image table' in paired_comparison(d, 'run0', 'run1')['message']
     assert not plot_metric_distributions(d).ok
     figs = build_report(d, n_boot=50)
-    assert figs['leaderboard'].ok and not figs['qualitative'].ok
+    assert figs['leaderboard_deployable'].ok and not figs['leaderboard_oracle'].ok and not figs['qualitative'].ok
 
 
 def test_bootstrap_is_seeded_and_covers_the_estimate():
@@ -112,7 +122,7 @@ def test_bootstrap_is_seeded_and_covers_the_estimate():
 
 def test_pooled_metrics_bootstrap_from_counts():
     t = pd.DataFrame({'tp': [10, 0, 5], 'fp': [0, 5, 5], 'fn': [10, 0, 0]})
-    est, lo, hi = bootstrap(metric_values(t, 'F1'), 'F1', 300)
+    est, lo, hi = bootstrap(metric_values(t, 'F1_pooled'), 'F1_pooled', 300)
     assert est == pytest.approx(2 * 15 / (2 * 15 + 10 + 10)) and lo <= est <= hi
 
 
