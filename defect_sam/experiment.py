@@ -57,7 +57,7 @@ __all__ = ['PROMPT_OPTIONS', 'THESIS_COLUMNS', 'RESULT_COLUMNS', 'PROMPT_REGIMES
 @dataclass
 class ExperimentConfig:
     "One experiment run; the fields are the papermill parameters of `nbs/run_experiment.ipynb` and the options of `defect-sam run`."
-    model: str = 'sam2_lora' # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2, gate (an image-level defect classifier)
+    model: str = 'sam2_lora' # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2, sam2_unet, sam2_unet_full, gate (an image-level defect classifier), ensemble (of finished runs)
     dataset: str = 'synthetic' # dataset kind: synthetic, severstal, supervisely, crack500, folder
     data_root: str|None = None # dataset folder (None: the cache folder, for synthetic and severstal)
     dataset_options: dict|None = None # reader options for load_dataset, e.g. {'images': 'img', 'masks': 'ann'}; None: the kind's defaults (synthetic: {'n_images': 40})
@@ -74,7 +74,7 @@ class ExperimentConfig:
     prompt_kwargs: dict|None = None # prompt options, the same for training, validation, calibration and test: expand_ratio, jitter, n_neg, min_area, neg_ring, per_component (None: make_prompts' defaults)
     eval_prompt_seed: int|None = None # seed of the evaluation prompts (val, calibration, test), apart from the run seed so every model and seed is scored on the same prompts; None: split_seed
     detector_img_size: int|None = None # detector prompts: the detector's input size; None: the size it was trained at (its run's row, or its checkpoint)
-    lora_strategy: str = 'decoder' # LoRA targets: decoder, encoder_decoder, all
+    lora_strategy: str = 'decoder' # LoRA targets: decoder, encoder_decoder, attn_mlp, all
     lora_rank: int = 8 # LoRA rank r
     lora_alpha: float = 16 # LoRA scaling alpha
     lora_dropout: float = 0.05 # LoRA dropout
@@ -98,6 +98,7 @@ class ExperimentConfig:
     tta: list|None = None # test-time augmentation: [hflip], [vflip] or [hflip, vflip] (the mean over the image and its flips: 2, 2 or 4 passes); None: off
     ensemble: list|None = None # model 'ensemble': exp_ids of finished runs (in results_dir) whose saved val and test probabilities are averaged
     ensemble_weights: list|None = None # model 'ensemble': one weight per run, normalised to sum 1; None: equal weights
+    peft_method: str = 'lora' # sam2_lora adapters (peft): lora, dora (LoRA + magnitude, use_dora), layernorm (LayerNorm only, as SAC), bias_layernorm (LayerNorm and biases); lora_strategy is their scope, lora_rank/alpha/dropout only for lora, dora
 
     def __post_init__(self): self.validate()
 
@@ -229,8 +230,12 @@ def train_config(cfg:ExperimentConfig, # the experiment (a SAM2 or U-Net model)
     if _family(cfg.model) == 'gate':   # image labels as (B, C, 1, 1) logits: plain BCE; thresholds are calibrated after training
         if opts.get('val_every') is not None: raise ConfigError("train_options val_every: a gate is not validated during training (val mIoU does not rank a classifier)")
         kw |= {k: v for k, v in dict(val_every=None, dice_weight=0.0, focal_gamma=0.0).items() if k not in opts}
-    try: return TrainConfig(**kw, **opts)
+    try: tc = TrainConfig(**kw, **opts)
     except TypeError as e: raise ConfigError(f"train_options: {e}") from None
+    if _family(cfg.model) != 'sam2' and (tc.loss != 'dice_focal' or tc.correction_iters):
+        raise ConfigError(f"train_options loss={tc.loss!r}, correction_iters={tc.correction_iters}: {cfg.model!r} takes no prompts; "
+                          "the sam2 loss and corrective clicks train a prompted SAM2 (sam2_full, sam2_lora)")
+    return tc
 
 def _validate(self:ExperimentConfig):
     "Coerce every field to its type and check values; raises `ConfigError` naming the parameter."
@@ -277,6 +282,9 @@ def _validate(self:ExperimentConfig):
         from defect_sam.sam_lora import LORA_STRATEGIES
         if self.lora_strategy not in LORA_STRATEGIES:
             raise ConfigError(f"unknown LoRA strategy {self.lora_strategy!r}; valid: {', '.join(LORA_STRATEGIES)}")
+        from defect_sam.sam_lora import PEFT_METHODS
+        if self.peft_method not in PEFT_METHODS: raise ConfigError(f"unknown peft_method {self.peft_method!r}; valid: {', '.join(PEFT_METHODS)}")
+    elif self.peft_method != 'lora': raise ConfigError(f"peft_method={self.peft_method!r} is for model 'sam2_lora', not {self.model!r}")
     if fam == 'gate':
         if self.gate is not None: raise ConfigError("gate: a gate run cannot itself be gated")
         if isinstance(self.threshold, str) and self.threshold not in ('val', 'val:F1'):
@@ -339,7 +347,10 @@ def _used_params(self:ExperimentConfig) -> dict:
     if fam == 'sam2': keep |= set(_SAM)
     if fam in ('unet', 'yolo', 'pipeline', 'gate'): keep |= {'img_size', 'weights'}
     if fam == 'pipeline': keep |= {'sam2_size', 'sam2_image_size'}
-    if self.model == 'sam2_lora': keep |= set(_LORA)
+    if self.model in ('sam2_unet', 'sam2_unet_full'): keep |= {'sam2_size'} | ({'lora_rank', 'lora_alpha', 'lora_dropout'} if self.model == 'sam2_unet' else set())
+    if self.model == 'sam2_lora':
+        keep |= set(_LORA) if self.peft_method in ('lora', 'dora') else {'lora_strategy'}   # LayerNorm methods: no rank
+        if self.peft_method != 'lora': keep.add('peft_method')   # absent for LoRA: earlier runs keep their ids
     if self.trains: keep |= set(_TRAIN)
     if self.prompt_source == 'gt': keep.discard('detector_img_size')
     if self.tta: keep.add('tta')   # only when on: the ids of runs without TTA stay as they were
@@ -507,7 +518,14 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
     if fam == 'sam2':
         kw = dict(size=cfg.sam2_size, weights=cfg.weights, device=cfg.device, image_size=cfg.sam2_image_size, seed=cfg.seed)
         if cfg.model == 'sam2_lora':
-            kw |= dict(lora_strategy=cfg.lora_strategy, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+            kw |= dict(lora_strategy=cfg.lora_strategy, peft_method=cfg.peft_method)
+            if cfg.peft_method in ('lora', 'dora'): kw |= dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+        return build_model(cfg.model, **kw)
+    if cfg.model in ('sam2_unet', 'sam2_unet_full'):   # the U-Nets' recipe, with SAM2's size and weights (and LoRA rank)
+        shape = train_ds[0].shape if train_ds is not None and len(train_ds) else (cfg.img_size, cfg.img_size)
+        kw = dict(size=cfg.sam2_size, weights=cfg.weights, num_classes=nc, img_size=letterbox_box(cfg.img_size, shape),
+                  device=cfg.device, seed=cfg.seed, batch_size=cfg.batch_size)
+        if cfg.model == 'sam2_unet': kw |= dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
         return build_model(cfg.model, **kw)
     if fam == 'unet':
         shape = train_ds[0].shape if train_ds is not None and len(train_ds) else (cfg.img_size, cfg.img_size)
@@ -714,8 +732,12 @@ def rescore_saved(cfg:ExperimentConfig, parts:dict, source:Path, progress:bool=T
 def _variant(cfg:ExperimentConfig, info:dict) -> str:
     if cfg.model == 'sam2_zeroshot': return 'zeroshot'
     if cfg.model == 'sam2_full': return 'full'
-    if cfg.model == 'sam2_lora': return f'lora_{cfg.lora_strategy}_r{cfg.lora_rank}'
+    if cfg.model == 'sam2_lora':
+        if cfg.peft_method in ('layernorm', 'bias_layernorm'): return f'{cfg.peft_method}_{cfg.lora_strategy}'
+        return f'{cfg.peft_method}_{cfg.lora_strategy}_r{cfg.lora_rank}'
     if cfg.model == 'yolo_sam2': return 'yolo_boxes'
+    if cfg.model == 'sam2_unet': return f'trunk_lora_r{cfg.lora_rank}'
+    if cfg.model == 'sam2_unet_full': return 'trunk_full'
     return 'pretrained' if _weights_kind(info) == 'pretrained' else 'scratch'
 
 def _weights_kind(info:dict) -> str:
@@ -759,7 +781,7 @@ def _param_counts(info:dict, trains:bool) -> tuple:
     if 'detector' in info:   # YOLO->SAM2: the detector trains, SAM2 does not
         d, s = info['detector'], info.get('sam') or {}
         return (d.get('params_total') if trains else 0), (d.get('params_total') or 0) + (s.get('params_total') or 0) or None
-    total = info.get('params_total')
+    total = info.get('total_params', info.get('params_total'))
     return (info.get('trainable_params', info.get('params_trainable', total)) if trains else 0), total
 
 def _gate_thresholds(test:EvalResult) -> str|None:
@@ -781,7 +803,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
                ) -> dict:
     "One run's row of the results table."
     fam, s, tr = _family(cfg.model), test.summary, cfg.trains
-    sam = fam in ('sam2', 'pipeline')
+    sam = fam in ('sam2', 'pipeline') or 'sam2_size' in model_info   # sam2_unet: a SAM2 trunk
     prompted = fam == 'sam2' or fam == 'pipeline'
     regime = prompt_regime(cfg.model, cfg.prompt if fam == 'sam2' else None, cfg.prompt_source)
     trainable, total = _param_counts(model_info, tr)
@@ -804,7 +826,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'image_AUROC': test.extras.get('image_level', {}).get('AUROC'),
            'dataset': cfg.dataset, 'sam2_size': cfg.sam2_size if sam else None, 'weights': _weights_kind(model_info),
            'lora_strategy': cfg.lora_strategy if cfg.model == 'sam2_lora' else None,
-           'lora_rank': cfg.lora_rank if cfg.model == 'sam2_lora' else None,
+           'lora_rank': cfg.lora_rank if cfg.model == 'sam2_lora' and cfg.peft_method in ('lora', 'dora') else None,
            'trainable_params': trainable, 'total_params': total,
            'prompt_source': ('gt' if cfg.prompt_source == 'gt' else f'detector:{cfg.prompt_source}') if fam == 'sam2' else
                             ('yolo_det' if fam == 'pipeline' else None),

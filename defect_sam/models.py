@@ -47,6 +47,8 @@ class TrainOutput:
     targets: list|object # same shapes as `logits`, float 0/1
     valid: list|object|None = None # same shapes, 1 = pixel counts, 0 = ignore (letterbox padding); None: all count
     aux: list|None = None # deep supervision: `(weight, logits)` pairs; targets/valid are resized to them (nearest)
+    objects: list|None = None # prompted SAM2, per image: dict(masks (N, M, H, W) logits, iou (N, M), object_score (N, 1), target, valid (N, H, W), weight (N,)) for loss='sam2'
+    iterations: list|None = None # corrective-click training: one `TrainOutput` per prediction step (the loss sums over them)
 
 class TrainableSegmenter(Segmenter):
     "A `Segmenter` the shared training loop can train (the trainable-model protocol)."
@@ -121,6 +123,8 @@ MODELS: dict[str, ModelSpec] = {
     'yolo_sam2':     ModelSpec('defect_sam.yolo', 'build_yolo_sam2', 'pipeline', 'YOLOv8 boxes prompting SAM2', {}),
     'gate':          ModelSpec('defect_sam.gate', 'build_gate', 'gate', 'Image-level defect gate: timm ResNet18, one sigmoid per defect class', {}),
     'ensemble':      ModelSpec('defect_sam.ensemble', 'build_ensemble', 'ensemble', 'mean of the saved probabilities of finished runs (defect-sam ensemble)', {}),
+    'sam2_unet':     ModelSpec('defect_sam.sam2_unet', 'build_sam2_unet', 'unet', 'SAM2-UNet: SAM2 Hiera trunk (frozen, LoRA) + U-Net decoder, no prompts', {'trunk': 'lora'}),
+    'sam2_unet_full': ModelSpec('defect_sam.sam2_unet', 'build_sam2_unet', 'unet', 'SAM2-UNet with the Hiera trunk trained', {'trunk': 'full'}),
 }
 
 # %% ../nbs/30_models.ipynb #fce62aca

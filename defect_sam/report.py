@@ -91,13 +91,18 @@ def _fmt(v) -> str:
     if isinstance(v, float) and v.is_integer(): return str(int(v))
     return f'{v:g}' if isinstance(v, float) else str(v)
 
+def _peft_label(variant) -> str:
+    "The adaptation method of a sam2_lora row, from its variant (lora_*, dora_*, layernorm_*, bias_layernorm_*)."
+    v = str(variant or '')
+    return 'bias+LN' if v.startswith('bias_layernorm') else 'LN' if v.startswith('layernorm') else 'DoRA' if v.startswith('dora') else 'LoRA'
+
 def run_label(row) -> str:
     "A short readable name of a run: model, variant, subset, prompt."
     g = lambda k: row.get(k) if not pd.isna(row.get(k)) else None
     m, size = g('model'), g('sam2_size')
     sam = f"SAM2-{size}" if size else 'SAM2'
     name = {'sam2_zeroshot': f'{sam} zero-shot', 'sam2_full': f'{sam} full FT', 'yolo_sam2': f'YOLO→{sam}',
-            'sam2_lora': f"{sam} LoRA {g('lora_strategy') or ''} r{_fmt(g('lora_rank'))}"}.get(m, m)
+            'sam2_lora': f"{sam} {_peft_label(g('variant'))} {g('lora_strategy') or ''}" + (f" r{_fmt(g('lora_rank'))}" if g('lora_rank') is not None else '')}.get(m, m)
     parts = [name]
     if g('weights') == 'random' and m not in ('sam2_zeroshot',): parts.append('(random init)')
     elif g('weights') == 'random': parts.append('(untrained)')
@@ -394,7 +399,8 @@ def plot_lora_vs_full(results_dir:str|Path, metric:str='test_mIoU', # a results 
         dd = df[df.dataset == d]
         n = subset_size if subset_size is not None else dd[dd.model == 'sam2_lora'].subset_size.max()
         sel = dd[(dd.subset_size == n) & dd.model.isin(['sam2_lora', 'sam2_full'])]
-        s = _seed_mean(sel[sel.model == 'sam2_lora'], metric, ['sam2_size', 'lora_strategy', 'lora_rank'])
+        lo = sel[sel.model == 'sam2_lora']
+        s = _seed_mean(lo[lo.variant.map(_peft_label) == 'LoRA'], metric, ['sam2_size', 'lora_strategy', 'lora_rank'])   # not DoRA/LN rows
         for (size, strat), g in s.groupby(['sam2_size', 'lora_strategy']):
             ax.errorbar(g.lora_rank, g['mean'], yerr=g['std'].fillna(0), marker='o', capsize=2, label=f'LoRA {strat} (SAM2-{size})')
         full = _seed_mean(sel[sel.model == 'sam2_full'], metric, ['sam2_size'])

@@ -25,22 +25,22 @@ from .core import ConfigError, DataError, DefectSamError, atomic_write, cache_di
 from .models import Segmenter, TrainableSegmenter, TrainOutput, eval_mode
 from .prompts import Prompts, make_prompts
 from .sam_cache import EmbeddingCache, image_key, weights_digest, weights_fingerprint
-from .sam_lora import (LORA_STRATEGIES, SAM2_PARTS, adapted_modules, apply_lora, check_state_keys,
+from .sam_lora import (LORA_STRATEGIES, PEFT_METHODS, SAM2_PARTS, adapted_modules, apply_lora, check_state_keys,
                                  load_lora_state_dict, lora_state_dict, lora_targets, param_counts, read_trainable,
                                  set_trainable, trainable_parts, write_trainable, _check_lora_args, _in_parts)
 from .sam_tiling import Stitcher, check_tiling, lowres_oracle_iou, route_prompts, tile_grid
 from .sam_correction import correction_curve, correction_study, next_click
 
 # %% auto #0
-__all__ = ['SAM2_CHECKPOINTS', 'WeightsUnavailableError', 'sam2_weights_dir', 'checkpoint_path', 'download_file',
-           'fetch_checkpoint', 'load_sam2', 'load_state_strict', 'preprocess', 'SamImageModule', 'upsample_logits',
-           'SamSegmenter', 'simulate_prompts', 'build_sam2', 'EmbeddingCache', 'apply_lora', 'lora_targets',
-           'adapted_modules', 'param_counts', 'LORA_STRATEGIES', 'SAM2_PARTS', 'tile_grid', 'route_prompts',
-           'lowres_oracle_iou', 'correction_curve', 'correction_study']
+__all__ = ['SAM2_CHECKPOINTS', 'TRAIN_LOSSES', 'TRAIN_EMPTY', 'WeightsUnavailableError', 'sam2_weights_dir', 'checkpoint_path',
+           'download_file', 'fetch_checkpoint', 'load_sam2', 'load_state_strict', 'preprocess', 'SamImageModule',
+           'upsample_logits', 'SamSegmenter', 'simulate_prompts', 'build_sam2', 'EmbeddingCache', 'apply_lora',
+           'lora_targets', 'adapted_modules', 'param_counts', 'LORA_STRATEGIES', 'SAM2_PARTS', 'tile_grid',
+           'route_prompts', 'lowres_oracle_iou', 'correction_curve', 'correction_study', 'PEFT_METHODS']
 
 # %% ../nbs/20_sam.ipynb #b3bd5e3d
 _all_ = ['EmbeddingCache', 'apply_lora', 'lora_targets', 'adapted_modules', 'param_counts', 'LORA_STRATEGIES',
-         'SAM2_PARTS', 'tile_grid', 'route_prompts', 'lowres_oracle_iou', 'correction_curve', 'correction_study']
+         'SAM2_PARTS', 'tile_grid', 'route_prompts', 'lowres_oracle_iou', 'correction_curve', 'correction_study', 'PEFT_METHODS']
 
 # %% ../nbs/20_sam.ipynb #0540b40f
 _SAM2_URL = 'https://dl.fbaipublicfiles.com/segment_anything_2/092824/'
@@ -239,15 +239,16 @@ class SamImageModule(nn.Module):
                coords:torch.Tensor, # (N, P, 2) in model-input pixels
                labels:torch.Tensor, # (N, P) int
                mask_input:torch.Tensor|None=None, # (N, 1, 4h, 4w) previous low-res logits
-               multimask_output:bool=False) -> tuple[torch.Tensor, torch.Tensor]:
+               multimask_output:bool=False,
+               object_score:bool=False) -> tuple[torch.Tensor, torch.Tensor]: # also return the object-score logits (N, 1)
         "Low-res mask logits (N, M, 4h, 4w) and predicted IoU (N, M) for the prompts of one image."
         pe = self.sam.sam_prompt_encoder
         sparse, dense = pe(points=(coords, labels), boxes=None, masks=mask_input)
-        low, iou, _, _ = self.sam.sam_mask_decoder(image_embeddings=embed, image_pe=pe.get_dense_pe(),
-                                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                                   multimask_output=multimask_output, repeat_image=coords.shape[0] > 1,
-                                                   high_res_features=hr)
-        return low, iou
+        low, iou, _, obj = self.sam.sam_mask_decoder(image_embeddings=embed, image_pe=pe.get_dense_pe(),
+                                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                                     multimask_output=multimask_output, repeat_image=coords.shape[0] > 1,
+                                                     high_res_features=hr)
+        return (low, iou, obj) if object_score else (low, iou)
 
     def image_features(self, f:dict, i:int) -> tuple[torch.Tensor, list|None]:
         "Embedding (with the no-memory embedding added) and high-res features of image `i` of a feature batch."
@@ -259,14 +260,15 @@ class SamImageModule(nn.Module):
                 pixels:torch.Tensor|None=None, # (B, 3, R, R): run the encoder (with gradients if it is trainable)
                 features:dict|None=None, # or precomputed features of the batch (from the cache)
                 stage:str='post', # stage of `features`
-                multimask_output:bool=False) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        "Per image (low-res logits (N, M, 4h, 4w), IoU predictions (N, M))."
+                multimask_output:bool=False,
+                object_score:bool=False) -> list[tuple[torch.Tensor, torch.Tensor]]: # also the object-score logits (N, 1)
+        "Per image (low-res logits (N, M, 4h, 4w), IoU predictions (N, M)[, object-score logits (N, 1)])."
         if (pixels is None) == (features is None): raise ConfigError("pass exactly one of pixels and features")
         f = self.encode(pixels) if pixels is not None else (self.project(features) if stage == 'raw' else features)
         out = []
         for i, (c, l, m) in enumerate(prompts):
             e, hr = self.image_features(f, i)
-            out.append(self.decode(e, hr, c, l, m, multimask_output))
+            out.append(self.decode(e, hr, c, l, m, multimask_output, object_score))
         return out
 
 # %% ../nbs/20_sam.ipynb #fe132ddb
@@ -335,6 +337,7 @@ class SamSegmenter(TrainableSegmenter):
         self.encoder_images = self.encoder_batches = 0
         self._train_store = None
         self.set_train_prompts()
+        self.train_objective = dict(loss='dice_focal', correction_iters=0, train_empty='negative_prompt')   # see `set_train_objective`
 
     @property
     def device(self) -> torch.device: return next(self.model.parameters()).device
@@ -344,7 +347,7 @@ class SamSegmenter(TrainableSegmenter):
         return self._module
 
     def set_train_prompts(self,
-                          kind:str='box', # box | points_1 | points_3 | points_5
+                          kind:str='box', # box | points_1 | points_3 | points_5 | full_image (one whole-image box: prompt-free use)
                           jitter:float=0.0, # box jitter (see `boxes_from_mask`)
                           expand_ratio:float=0.0, # box expansion (see `boxes_from_mask`)
                           n_neg:int=0, # negative points per object (points_k)
@@ -354,7 +357,8 @@ class SamSegmenter(TrainableSegmenter):
                           class_aware:bool=False, # prompts per class, C x H x W logits (needs num_classes)
                           num_classes:int|None=None): # number of defect classes (class_aware)
         "How `forward_batch` simulates training prompts from each image's ground truth (the training loop sets it)."
-        kinds = ('box', 'points_1', 'points_3', 'points_5')
+        kinds = ('box', 'points_1', 'points_3', 'points_5', 'full_image')
+        if kind == 'full_image' and class_aware: raise ConfigError("the full_image prompt carries no class; it cannot train class-aware")
         if kind not in kinds: raise ConfigError(f"training prompt kind must be one of {', '.join(kinds)}, got {kind!r}")
         if jitter < 0 or expand_ratio < 0: raise ConfigError(f"jitter and expand_ratio must be >= 0, got {jitter}, {expand_ratio}")
         if not (isinstance(n_neg, (int, np.integer)) and n_neg >= 0): raise ConfigError(f"n_neg must be an int >= 0, got {n_neg!r}")
@@ -553,6 +557,8 @@ def info(self:SamSegmenter) -> dict:
             'finetune': self.finetune, 'lora': dict(self.lora) if self.lora else None, 'lora_merged': self.lora_merged,
             'trainable_parts': list(self.parts) or None, 'trained': str(self.trained) if self.trained else None,
             'params_total': pc['total'], 'params_image_path': pc['image_path'], 'params_trainable': pc['trainable'],
+            'trainable_params': pc['trainable'], 'total_params': pc['image_path'],   # the row's pair: of the image path
+            'peft_method': self.lora.get('method', 'lora') if self.lora else None,
             'multimask_output': self.multimask_output, 'tiling': dict(self.tiling) if self.tiling else None}
 
 # %% ../nbs/20_sam.ipynb #e2646203
@@ -568,14 +574,15 @@ def set_trainable(self:SamSegmenter, parts='all') -> list[str]: # 'all' or part 
     return names
 
 @patch
-def apply_lora(self:SamSegmenter, strategy:str='decoder', rank:int=8, alpha:float=16, dropout:float=0.05):
-    "Inject LoRA adapters (peft) and freeze everything else; returns the peft tuner."
+def apply_lora(self:SamSegmenter, strategy:str='decoder', rank:int|None=8, alpha:float|None=16, dropout:float|None=0.05,
+               method:str='lora'): # lora | dora | layernorm | bias_layernorm (the last two: rank, alpha, dropout None)
+    "Inject LoRA adapters (or another peft method) and freeze everything else; returns the peft tuner."
     if self.finetune == 'full': raise ConfigError("this model is set up for full fine-tuning; build a fresh model for LoRA")
     dev = self.device
     with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):   # the adapter's init: seeded, and the
         torch.manual_seed(self.seed)                                             # caller's random streams untouched
-        tuner = apply_lora(self.model, strategy, rank, alpha, dropout)
-    self._lora_tuner, self.lora = tuner, dict(strategy=strategy, rank=rank, alpha=alpha, dropout=dropout)
+        tuner = apply_lora(self.model, strategy, rank, alpha, dropout, method)
+    self._lora_tuner, self.lora = tuner, dict(strategy=strategy, rank=rank, alpha=alpha, dropout=dropout, method=method)
     self.finetune, self.trainable, self.parts = 'lora', True, ()
     _bump(self)
     return tuner
@@ -659,7 +666,7 @@ def load_trainable(self:SamSegmenter, path:str|Path): # file written by `save_tr
         warnings.warn(f"{path} was trained on base weights {base[0]!r} (sha256 {base[1]}, seed {base[2]}); this model has "
                       f"{self.weights!r}: its outputs will not be the trained model's")
     if meta['kind'] == 'lora':
-        cfg = {k: meta[k] for k in ('strategy', 'rank', 'alpha', 'dropout')}
+        cfg = {k: meta[k] for k in ('strategy', 'rank', 'alpha', 'dropout')} | {'method': meta.get('method', 'lora')}
         if self.lora is None: self.apply_lora(**cfg)
         elif self.lora != cfg or self.lora_merged:
             raise ConfigError(f"{path} holds a LoRA adapter {cfg}; this model has {self.lora}{' (merged)' if self.lora_merged else ''}")
@@ -771,6 +778,9 @@ def forward_batch(self:SamSegmenter, samples:list, # augmented `Sample`s
                   module:nn.Module) -> TrainOutput: # the wrapped `self.module`
     "Simulate prompts (`train_prompts`) for each sample, run them through `module`; per-image (C, H, W) logits and targets."
     if not self.trainable: raise ConfigError("this SAM2 model has nothing to train: build it with finetune='full' or 'lora'")
+    if self.train_objective != dict(loss='dice_focal', correction_iters=0, train_empty='negative_prompt'):
+        from defect_sam.sam_train import objective_forward_batch      # per-prompt outputs: the sam2 loss, clicks, skip
+        return objective_forward_batch(self, samples, rng, module)
     sims = [simulate_prompts(s.mask, rng, **self.train_prompts) for s in samples]
     logits = self.forward_train([s.image for s in samples], [p.as_kwargs() for p, _, _ in sims], combine=True, module=module)
     logits = [l if l.ndim == 3 else l[None] for l in logits]
@@ -793,6 +803,25 @@ def default_weight_decay(self:SamSegmenter) -> float:
     if self.finetune == 'full': return 0.1
     raise ConfigError("this SAM2 model has nothing to train: build it with finetune='full' or 'lora'")
 
+# %% ../nbs/20_sam.ipynb #908c526d
+TRAIN_LOSSES = ('dice_focal', 'sam2')
+TRAIN_EMPTY = ('negative_prompt', 'skip')
+
+@patch
+def set_train_objective(self:SamSegmenter,
+                        loss:str='dice_focal', # dice_focal (on the image's combined logits) | sam2 (SAM2's trainer objective, per prompt)
+                        correction_iters:int=0, # corrective-click iterations after the first prediction (see `sam_train`)
+                        train_empty:str='negative_prompt'): # defect-free images: negative_prompt (a random prompt, empty target) | skip
+    "How `forward_batch` trains beyond the prompts (the training loop sets it from its config; see `defect_sam.sam_train`)."
+    if loss not in TRAIN_LOSSES: raise ConfigError(f"loss must be one of {', '.join(TRAIN_LOSSES)}, got {loss!r}")
+    if train_empty not in TRAIN_EMPTY: raise ConfigError(f"train_empty must be one of {', '.join(TRAIN_EMPTY)}, got {train_empty!r}")
+    if not (isinstance(correction_iters, (int, np.integer)) and correction_iters >= 0):
+        raise ConfigError(f"correction_iters must be an int >= 0, got {correction_iters!r}")
+    if correction_iters and self.train_prompts['kind'] == 'full_image':
+        raise ConfigError("correction_iters needs prompts a user would correct; the full_image prompt is prompt-free use, "
+                          "where nobody clicks: train it with correction_iters=0")
+    self.train_objective = dict(loss=loss, correction_iters=int(correction_iters), train_empty=train_empty)
+
 # %% ../nbs/20_sam.ipynb #d61fa22b
 def build_sam2(finetune:str|None=None, # None (zero-shot), 'full' or 'lora'
                size:str='tiny', # tiny | small | base_plus | large
@@ -802,28 +831,36 @@ def build_sam2(finetune:str|None=None, # None (zero-shot), 'full' or 'lora'
                lora_rank:int|None=None, # default 8
                lora_alpha:float|None=None, # default 16
                lora_dropout:float|None=None, # default 0.05
+               peft_method:str|None=None, # lora (default) | dora | layernorm | bias_layernorm (see `sam_lora`)
                trainable='all', # full fine-tuning: 'all' or parts (image_encoder, prompt_encoder, mask_decoder)
                trained:str|Path|None=None, # a save_trainable file to load
                **kwargs) -> SamSegmenter: # SamSegmenter options: image_size, multimask_output, tiling, cache_bytes, ...
     "Build a SAM2 segmenter for the registry: zero-shot, full fine-tuning or LoRA."
     if finetune not in (None, 'full', 'lora'): raise ConfigError(f"finetune must be None, 'full' or 'lora', got {finetune!r}")
-    lora_args = dict(strategy=lora_strategy, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+    lora_args = dict(strategy=lora_strategy, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, method=peft_method)
     if finetune != 'lora' and any(v is not None for v in lora_args.values()):
-        raise ConfigError(f"lora_* arguments need finetune='lora' (got finetune={finetune!r})")
+        raise ConfigError(f"lora_* and peft_method arguments need finetune='lora' (got finetune={finetune!r})")
     if finetune != 'full' and trainable != 'all': raise ConfigError(f"trainable needs finetune='full' (got finetune={finetune!r})")
     seg = SamSegmenter(size, weights, device, **kwargs)
     if finetune == 'full': seg.set_trainable(trainable)
     elif finetune == 'lora':
-        cfg = dict(strategy='decoder', rank=8, alpha=16, dropout=0.05)
+        method = peft_method or 'lora'
+        if method not in PEFT_METHODS: raise ConfigError(f"unknown peft_method {method!r}; valid: {', '.join(PEFT_METHODS)}")
+        lora_like = method in ('lora', 'dora')
+        cfg = dict(strategy='decoder', rank=8, alpha=16, dropout=0.05, method=method) if lora_like else \
+              dict(strategy='decoder', rank=None, alpha=None, dropout=None, method=method)
+        if not lora_like:
+            given = sorted(k for k in ('rank', 'alpha', 'dropout') if lora_args[k] is not None)
+            if given: raise ConfigError(f"peft_method={method!r} has no LoRA {given}: leave lora_{'/'.join(given)} unset")
         if trained is not None:
             _, meta = read_trainable(trained)
             if meta.get('kind') != 'lora': raise ConfigError(f"{trained} holds a {meta.get('kind')} checkpoint, not a LoRA adapter")
-            cfg = {k: meta[k] for k in cfg}
+            cfg = {k: meta[k] for k in ('strategy', 'rank', 'alpha', 'dropout')} | {'method': meta.get('method', 'lora')}
         clash = {k: (v, cfg[k]) for k, v in lora_args.items() if v is not None and v != cfg[k]}
         if clash and trained is not None: raise ConfigError(f"lora arguments {clash} (given, file) differ from the adapter in {trained}")
         cfg |= {k: v for k, v in lora_args.items() if v is not None}
         if cfg['strategy'] not in LORA_STRATEGIES: raise ConfigError(f"unknown LoRA strategy {cfg['strategy']!r}; valid: {', '.join(LORA_STRATEGIES)}")
-        _check_lora_args(cfg['rank'], cfg['alpha'], cfg['dropout'])
+        if cfg['method'] in ('lora', 'dora'): _check_lora_args(cfg['rank'], cfg['alpha'], cfg['dropout'])
         seg.apply_lora(**cfg)
     if trained is not None: seg.load_trainable(trained)
     seg.trainable = finetune is not None

@@ -29,9 +29,10 @@ from .prompts import PROMPT_KINDS
 from .transforms import Augment
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'TrainingError', 'TrainConfig', 'dice_loss', 'focal_loss', 'soft_skeleton', 'skeleton_loss',
-           'segmentation_losses', 'epoch_batches', 'warmup_cosine', 'make_optimizer', 'best_name', 'read_checkpoint',
-           'load_checkpoint', 'TrainResult', 'train']
+__all__ = ['SAM2_LOSS_WEIGHTS', 'CHECKPOINT_FORMAT', 'TrainingError', 'TrainConfig', 'dice_loss', 'focal_loss', 'soft_skeleton',
+           'skeleton_loss', 'segmentation_losses', 'sam2_loss_weights', 'sam2_losses', 'training_losses',
+           'epoch_batches', 'warmup_cosine', 'make_optimizer', 'best_name', 'read_checkpoint', 'load_checkpoint',
+           'TrainResult', 'train']
 
 # %% ../nbs/40_train.ipynb #87a10252
 class TrainingError(DefectSamError, RuntimeError):
@@ -40,7 +41,9 @@ class TrainingError(DefectSamError, RuntimeError):
 # %% ../nbs/40_train.ipynb #f7e4c7dd
 _RUN_ONLY = ('ckpt_every', 'log_every', 'log_with', 'num_workers', 'progress')
 _MIXED = ('auto', 'no', 'bf16', 'fp16')
-_TRAIN_PROMPTS = ('box', 'points_1', 'points_3', 'points_5')
+_TRAIN_PROMPTS = ('box', 'points_1', 'points_3', 'points_5', 'full_image')
+_LOSSES, _TRAIN_EMPTY = ('dice_focal', 'sam2'), ('negative_prompt', 'skip')
+_LATER_DEFAULTS = dict(loss='dice_focal', loss_weights=None, train_empty='negative_prompt', correction_iters=0)
 
 @dataclass
 class TrainConfig:
@@ -69,7 +72,7 @@ class TrainConfig:
     focal_alpha:float|None=None # weight of positives in the focal BCE (negatives 1 - alpha); None: unweighted
     skeleton_weight:float=0.0 # soft-clDice skeleton loss weight (thin structures: cracks)
     skeleton_iters:int=10 # soft-skeleton iterations: at least half the width in pixels of the thickest structure
-    prompt:str='box' # prompted models: training prompts, box | points_1 | points_3 | points_5
+    prompt:str='box' # prompted models: training prompts, box | points_1 | points_3 | points_5 | full_image (one whole-image box)
     prompt_jitter:float=0.1 # box jitter (fraction of the box extent)
     prompt_expand_ratio:float=0.0 # box expansion
     prompt_n_neg:int=0 # negative points per object
@@ -90,6 +93,10 @@ class TrainConfig:
     num_workers:int=0 # DataLoader worker processes that read and augment images
     find_unused_parameters:bool=True # DDP: SAM2 leaves some trainable parameters unused in a step
     progress:bool=True # show a progress bar
+    loss:str='dice_focal' # dice_focal: the weights above, on each image's combined logits | sam2: prompted SAM2 only, SAM2's trainer objective per prompt (`sam2_losses`)
+    loss_weights:dict|None=None # loss='sam2': laid over SAM2's weights focal 20, dice 1, iou 1, object_score 1
+    train_empty:str='negative_prompt' # prompted SAM2 on a defect-free image: negative_prompt (one random prompt, all-empty target) | skip (left out of the loss)
+    correction_iters:int=0 # prompted SAM2: corrective-click iterations after the first prediction, loss summed over all (sam2 uses 7, micro-sam 8)
 
     def __post_init__(self):
         def need(ok, msg):
@@ -115,11 +122,23 @@ class TrainConfig:
         need(self.nonfinite in ('raise', 'skip'), f"nonfinite must be 'raise' or 'skip', got {self.nonfinite!r}")
         need(isinstance(self.num_workers, int) and self.num_workers >= 0, f"num_workers must be an int >= 0, got {self.num_workers!r}")
         if self.augment is not None: Augment(**self.augment)        # unknown or out-of-range options fail here
+        need(self.loss in _LOSSES, f"loss must be one of {', '.join(_LOSSES)}, got {self.loss!r}")
+        need(self.loss_weights is None or self.loss == 'sam2', "loss_weights are the weights of loss='sam2' (dice_focal has dice_weight, focal_weight)")
+        if self.loss_weights is not None: self.loss_weights = sam2_loss_weights(self.loss_weights)
+        need(self.train_empty in _TRAIN_EMPTY, f"train_empty must be one of {', '.join(_TRAIN_EMPTY)}, got {self.train_empty!r}")
+        need(isinstance(self.correction_iters, (int, np.integer)) and self.correction_iters >= 0,
+             f"correction_iters must be an int >= 0, got {self.correction_iters!r}")
+        need(not (self.correction_iters and self.prompt == 'full_image'),
+             "correction_iters needs prompts a user corrects; prompt='full_image' is prompt-free use, where nobody clicks")
+        need(not (self.class_aware and self.prompt == 'full_image'), "prompt='full_image' carries no class; it cannot train class-aware")
         self.betas = tuple(self.betas)
 
     def params(self) -> dict:
         "The fields that decide the run's numbers (hashed into its checkpoints)."
-        return {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY}
+        d = {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY}
+        for k, v in _LATER_DEFAULTS.items():               # fields added later: at their default, checkpoints written
+            if d.get(k) == v: d.pop(k)                     # before them still resume
+        return d
 
 # %% ../nbs/40_train.ipynb #82f8fb82
 def _reduce(x:torch.Tensor) -> torch.Tensor: return x.sum((-2, -1))
@@ -218,6 +237,79 @@ def segmentation_losses(out:TrainOutput, # what `forward_batch` returned
     res['loss'] = loss + aux
     res['aux'] = aux
     return res
+
+# %% ../nbs/40_train.ipynb #f2688627
+SAM2_LOSS_WEIGHTS = {'focal': 20.0, 'dice': 1.0, 'iou': 1.0, 'object_score': 1.0}
+
+def sam2_loss_weights(weights:dict|None=None) -> dict: # term -> weight, laid over SAM2_LOSS_WEIGHTS
+    "SAM2's loss weights with `weights` laid over them; an unknown term or a negative weight is a `ConfigError`."
+    w = dict(SAM2_LOSS_WEIGHTS)
+    if weights is None: return w
+    if not isinstance(weights, dict): raise ConfigError(f"loss_weights must be a dict of {', '.join(w)}, got {weights!r}")
+    bad = sorted(set(weights) - set(w))
+    if bad: raise ConfigError(f"loss_weights: unknown terms {bad}; the sam2 loss has {', '.join(w)}")
+    for k, v in weights.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"loss_weights[{k!r}] must be a number >= 0, got {v!r}")
+    w |= {k: float(v) for k, v in weights.items()}
+    if w['focal'] + w['dice'] == 0: raise ConfigError("loss_weights: focal and dice cannot both be 0 (the masks would not train)")
+    return w
+
+def _sam2_terms(o:dict, w:dict, alpha:float, gamma:float) -> dict:
+    "Per-prompt terms of one image's SAM2 outputs (see `sam2_losses`)."
+    x = o['masks'].float()                                               # (N, M, H, W)
+    t = o['target'].float()[:, None].expand_as(x)
+    v = (torch.ones_like(o['target'], dtype=torch.float) if o.get('valid') is None else o['valid'].float())[:, None]
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
+    p = torch.sigmoid(x)
+    p_t = p * t + (1 - p) * (1 - t)
+    fl = ce * (1 - p_t) ** gamma * (alpha * t + (1 - alpha) * (1 - t))
+    focal = _reduce(fl * v) / _reduce(v.expand_as(x)).clamp_min(1)           # (N, M): mean over valid pixels
+    pv, tv = p * v, t * v
+    dice = 1 - (2 * _reduce(pv * tv) + 1) / (_reduce(pv) + _reduce(tv) + 1)
+    with torch.no_grad():
+        pred, gt = (x > 0) & (v > 0), (t > 0) & (v > 0)
+        actual = _reduce((pred & gt).float()) / _reduce((pred | gt).float()).clamp_min(1)
+    iou = (o['iou'].float() - actual).abs().mean(1)                          # L1, all masks supervised
+    best = (w['focal'] * focal + w['dice'] * dice).argmin(1)
+    ar = torch.arange(len(best), device=x.device)
+    present = gt[:, 0].flatten(1).any(1).float()                             # the target holds an object
+    obj = F.binary_cross_entropy_with_logits(o['object_score'].float().reshape(-1), present, reduction='none')
+    wt = torch.ones_like(present) if o.get('weight') is None else torch.as_tensor(o['weight'], dtype=torch.float, device=x.device)
+    return {'focal': focal[ar, best] * present * wt, 'dice': dice[ar, best] * present * wt, 'iou': iou * present * wt,
+            'object_score': obj * wt, 'n': wt, 'best': best, 'actual_iou': actual}
+
+def sam2_losses(out:TrainOutput, # `objects` set: per-prompt masks, iou, object_score, target, valid, weight
+                weights:dict|None=None, # laid over SAM2_LOSS_WEIGHTS
+                focal_alpha:float=0.25, focal_gamma:float=2.0, # sam2's focal settings
+                return_best:bool=False) -> dict: # also `best` (per image: the kept mask of each prompt) and `actual_iou`
+    "SAM2's trainer objective for one prediction step: `loss` and its terms `focal`, `dice`, `iou`, `object_score`."
+    w = sam2_loss_weights(weights)
+    if not out.objects: raise DataError("sam2_losses needs TrainOutput.objects (per-prompt SAM2 outputs); this model gave none")
+    ts = [_sam2_terms(o, w, focal_alpha, focal_gamma) for o in out.objects]
+    n = torch.cat([t['n'] for t in ts]).sum().clamp_min(1)
+    res = {k: torch.cat([t[k] for t in ts]).sum() / n for k in ('focal', 'dice', 'iou', 'object_score')}
+    res['loss'] = sum(w[k] * res[k] for k in SAM2_LOSS_WEIGHTS)
+    if return_best: res |= {'best': [t['best'] for t in ts], 'actual_iou': [t['actual_iou'] for t in ts]}
+    return res
+
+def training_losses(out:TrainOutput, # what `forward_batch` returned
+                    cfg:TrainConfig) -> dict: # its `loss` chooses the objective
+    "The batch's loss as `cfg` asks (`segmentation_losses` or `sam2_losses`), summed over corrective-click steps."
+    res = {}
+    for o in (out.iterations or [out]):
+        l = sam2_losses(o, cfg.loss_weights) if cfg.loss == 'sam2' else \
+            segmentation_losses(o, cfg.dice_weight, cfg.focal_weight, cfg.skeleton_weight, cfg.skeleton_iters, cfg.focal_gamma, cfg.focal_alpha)
+        for k, v in l.items(): res[k] = res[k] + v if k in res else v
+    return res
+
+def _set_objective(model, cfg:TrainConfig):
+    "Hand the objective to a prompted SAM2; refuse what a prompt-free model cannot do."
+    if model.needs_prompts and hasattr(model, 'set_train_objective'):
+        model.set_train_objective(cfg.loss, cfg.correction_iters, cfg.train_empty)
+    elif cfg.loss != 'dice_focal' or cfg.correction_iters:
+        raise ConfigError(f"model {getattr(model, 'name', type(model).__name__)!r} takes no prompts: loss='sam2' and correction_iters "
+                          "train a prompted SAM2 (sam2_full, sam2_lora); train it with loss='dice_focal', correction_iters=0")
 
 # %% ../nbs/40_train.ipynb #42f5a76b
 def epoch_batches(n:int, # training images
@@ -345,7 +437,7 @@ def _improves(a:dict, b:dict|None) -> bool:
 def _num(x) -> float: return -math.inf if x is None or not math.isfinite(x) else float(x)
 
 _LOG_COLS = ['step', 'epoch', 'kind', 'loss', 'loss_dice', 'loss_focal', 'loss_skeleton', 'loss_aux', 'lr', 'grad_norm',
-             'val_mIoU', 'val_mDice', 'time_s']
+             'val_mIoU', 'val_mDice', 'time_s', 'loss_iou', 'loss_object_score']
 
 def _write_log(path:Path, rows:list):
     with atomic_write(path, 'w') as f: pd.DataFrame(rows, columns=_LOG_COLS).to_csv(f, index=False)
@@ -443,6 +535,7 @@ class _Run:
             model.set_train_prompts(cfg.prompt, jitter=cfg.prompt_jitter, expand_ratio=cfg.prompt_expand_ratio, n_neg=cfg.prompt_n_neg,
                                     min_area=cfg.prompt_min_area, neg_ring=cfg.prompt_neg_ring, per_component=cfg.prompt_per_component,
                                     class_aware=cfg.class_aware, num_classes=C)
+        _set_objective(model, cfg)
         self.params = _run_params(model, self.train_ds, self.val_ds, cfg, self.world, self.mp)
         self.phash = params_hash(self.params)
         ck = self._read_last(resume)
@@ -522,8 +615,7 @@ class _Run:
             samples = next(stream)
             with (acc.no_sync(self.wrapped) if a < GA - 1 else contextlib.nullcontext()):   # sync on the last only
                 out = self.model.forward_batch(samples, self.gen, self.wrapped)
-                losses = segmentation_losses(out, cfg.dice_weight, cfg.focal_weight, cfg.skeleton_weight, cfg.skeleton_iters,
-                                             cfg.focal_gamma, cfg.focal_alpha)
+                losses = training_losses(out, cfg)
                 finite = torch.isfinite(losses['loss']).float().reshape(1)
                 if self.world > 1: finite = acc.reduce(finite, 'sum') / self.world     # every process agrees
                 if finite.item() < 1:
@@ -570,6 +662,7 @@ class _Run:
         if self.world > 1: m['loss'] = float(self.acc.reduce(torch.tensor([m['loss']], device=self.acc.device), 'mean')[0])
         self._log({'step': step, 'epoch': epoch, 'kind': 'train', 'loss': m['loss'], 'loss_dice': m.get('dice'),
                    'loss_focal': m.get('focal'), 'loss_skeleton': m.get('skeleton'), 'loss_aux': m.get('aux'),
+                   'loss_iou': m.get('iou'), 'loss_object_score': m.get('object_score'),
                    'lr': m['lr'], 'grad_norm': m['grad_norm']})
         self.postfix['loss'] = f"{m['loss']:.4f}"; self.bar.set_postfix(self.postfix)
         self.state['window'] = []

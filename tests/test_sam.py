@@ -385,7 +385,7 @@ def test_lora_roundtrip_merge_and_strictness(tmp_path, img):
     path = s.save_trainable(tmp_path / 'a.safetensors')
     assert path.stat().st_size < 2e6                                       # the adapter alone
     fresh = S.build_sam2('lora', weights='random', image_size=R, trained=path)   # config read from the file
-    assert fresh.lora == dict(strategy='all', rank=4, alpha=16, dropout=0.05)
+    assert fresh.lora == dict(strategy='all', rank=4, alpha=16, dropout=0.05, method='lora')
     np.testing.assert_allclose(fresh.predict(img, boxes=box), ref, atol=1e-5)
     zs = _seg(); zs.load_trainable(path)                                    # onto a zero-shot model
     np.testing.assert_allclose(zs.predict(img, boxes=box), ref, atol=1e-5)

@@ -1,0 +1,193 @@
+"""Issue 12: SAM2's training objective (loss='sam2'), corrective-click training, defect-free images (train_empty), the
+full_image training prompt, and the peft adaptation methods (attn_mlp, DoRA, LayerNorm, bias+LayerNorm), on SAM2.1-tiny
+with random weights at 64-128 px (plumbing and numerics, never quality)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from defect_sam.core import ConfigError, DataError, Sample
+from defect_sam.experiment import ExperimentConfig, read_results, run_experiment
+from defect_sam.models import build_model
+from defect_sam.sam_lora import norm_targets
+from defect_sam.train import TrainConfig, sam2_losses, training_losses
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(weights='random', sam2_image_size=64, device='cpu', n_figures=0, steps=2, batch_size=2, lr=1e-3,
+            dataset_options={'n_images': 6, 'height': 32, 'width': 96}, split=[0.5, 0.25, 0.25])
+
+
+def _img(seed=0, h=48, w=80):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def _batch():
+    gm = np.zeros((48, 80), np.uint8); gm[8:24, 8:36] = 1; gm[30:44, 50:76] = 1
+    return [Sample('a', _img(0), gm), Sample('b', _img(1), np.zeros((48, 80), np.uint8))]
+
+
+@pytest.mark.parametrize('method', ['dora', 'layernorm', 'bias_layernorm'])   # lora: tests/test_sam.py
+def test_peft_method_counts_strict_roundtrip_and_refusals(method, tmp_path):
+    kw = dict(lora_rank=4) if method in ('lora', 'dora') else {}
+    a = build_model('sam2_lora', weights='random', image_size=64, peft_method=method, lora_strategy='encoder_decoder', **kw)
+    i = a.info()
+    n = i['trainable_params']
+    assert i['peft_method'] == method and 0 < n < i['total_params'] and n == sum(p.numel() for p in a.trainable_parameters())
+    if method != 'dora':
+        assert len(a.adapted_modules()) == len(norm_targets(build_model('sam2_zeroshot', weights='random', image_size=64).model, 'encoder_decoder'))
+        norms = sum(p.numel() for m in a.adapted_modules() for p in a.model.get_submodule(m).base_layer.parameters())
+        if method == 'layernorm': assert n == norms and n / i['total_params'] < 1e-3     # SAC: ~0.05% of the parameters
+        else: assert n > norms
+    else:                                                               # r x (in + out) for A and B, + out for the magnitude
+        lin = [a.model.get_submodule(m).base_layer for m in a.adapted_modules()]
+        assert n == sum(4 * (l.in_features + l.out_features) + l.out_features for l in lin)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in a.trainable_parameters(): p.add_(torch.randn(p.shape, generator=g) * 0.05)      # "trained"
+    f = a.save_trainable(tmp_path/f'{method}.safetensors')
+    assert f.stat().st_size < 2e6
+    b = build_model('sam2_lora', weights='random', image_size=64, trained=f)
+    img, box = _img(), np.array([[5, 5, 40, 30]])
+    np.testing.assert_allclose(b.predict(img, boxes=box), a.predict(img, boxes=box), atol=1e-5)
+    sd = a.trainable_state_dict()
+    k = next(iter(sd))
+    with pytest.raises(DataError, match='missing tensors'): b.load_trainable_state_dict({x: v for x, v in sd.items() if x != k})
+    other = 'layernorm' if method != 'layernorm' else 'lora'
+    c = build_model('sam2_lora', weights='random', image_size=64, peft_method=other)
+    with pytest.raises(ConfigError, match='holds a LoRA adapter'): c.load_trainable(f)
+
+
+def test_attn_mlp_is_between_encoder_decoder_and_all():
+    from defect_sam.sam_lora import lora_targets
+    m = build_model('sam2_zeroshot', weights='random', image_size=64).model
+    ed, am, al = (set(lora_targets(m, s)) for s in ('encoder_decoder', 'attn_mlp', 'all'))
+    assert ed < am < al and any('mlp.layers' in n for n in am - ed)
+    assert not any(h in n for n in am for h in ('output_hypernetworks', 'iou_prediction_head', 'pred_obj_score_head', 'prompt_encoder'))
+
+
+def test_sam2_loss_keeps_the_min_loss_mask_and_trains_both_heads():
+    s = build_model('sam2_full', weights='random', image_size=64, trainable='mask_decoder')
+    s.set_train_prompts('points_1'); s.set_train_objective('sam2')
+    out = s.forward_batch(_batch(), np.random.default_rng(0), s.module)
+    assert [tuple(o['masks'].shape) for o in out.objects] == [(2, 3, 48, 80), (1, 3, 48, 80)]
+    l = sam2_losses(out, return_best=True)
+    from defect_sam.train import _sam2_terms, SAM2_LOSS_WEIGHTS
+    for o, best in zip(out.objects, l['best']):                       # the kept mask: lowest 20 x focal + dice
+        single = [_sam2_terms(dict(o, masks=o['masks'][:, j:j + 1].detach(), iou=o['iou'][:, j:j + 1]), SAM2_LOSS_WEIGHTS, 0.25, 2.0)
+                  for j in range(3)]
+        has = o['target'].flatten(1).any(1)                           # (empty targets have no mask term to compare)
+        assert torch.equal(best[has], torch.stack([20 * t['focal'] + t['dice'] for t in single], 1).argmin(1)[has])
+    assert out.objects[0]['target'].any()
+    l['loss'].backward()
+    d = s.model.sam_mask_decoder
+    grad = lambda mod: sum(p.grad.abs().sum().item() for p in mod.parameters() if p.grad is not None)
+    assert grad(d.iou_prediction_head) > 0 and grad(d.pred_obj_score_head) > 0
+    assert l['object_score'] > 0 and l['iou'] >= 0
+
+
+def test_min_loss_choice_against_brute_force():
+    from defect_sam.train import _sam2_terms, SAM2_LOSS_WEIGHTS
+    g = torch.Generator().manual_seed(3)
+    t = (torch.rand(4, 16, 16, generator=g) > 0.6).float()
+    o = dict(masks=torch.randn(4, 3, 16, 16, generator=g), iou=torch.rand(4, 3, generator=g), object_score=torch.zeros(4, 1),
+             target=t, valid=torch.ones_like(t))
+    terms = _sam2_terms(o, SAM2_LOSS_WEIGHTS, 0.25, 2.0)
+    single = [_sam2_terms(dict(o, masks=o['masks'][:, j:j + 1], iou=o['iou'][:, j:j + 1]), SAM2_LOSS_WEIGHTS, 0.25, 2.0) for j in range(3)]
+    combo = torch.stack([20 * s['focal'] + s['dice'] for s in single], 1)
+    assert torch.equal(terms['best'], combo.argmin(1))
+    assert torch.allclose(20 * terms['focal'] + terms['dice'], combo.min(1).values)
+
+
+def test_correction_steps_feed_clicks_and_previous_logits():
+    s = build_model('sam2_lora', weights='random', image_size=64, lora_rank=2)
+    s.set_train_prompts('box'); s.set_train_objective('dice_focal', correction_iters=2)
+    seen = []
+    h = s.model.sam_prompt_encoder.register_forward_hook(lambda m, a, kw, out: seen.append((kw['points'][0].shape, kw['masks'] is not None)),
+                                                         with_kwargs=True)
+    out = s.forward_batch(_batch(), np.random.default_rng(0), s.module)
+    h.remove()
+    assert [x[1] for x in seen] == [False, False, True, True, True, True]          # 2 images x 3 steps; mask input from step 1
+    assert [x[0][1] for x in seen[::2]] == [2, 3, 4]                                 # box corners, + one click per step
+    l = training_losses(out, TrainConfig(correction_iters=2))
+    assert len(out.iterations) == 3 and torch.isfinite(l['loss'])
+
+
+def test_refusals():
+    with pytest.raises(ConfigError, match='takes no prompts'):
+        ExperimentConfig(model='unet', train_options={'loss': 'sam2'})
+    with pytest.raises(ConfigError, match='nobody clicks'):
+        ExperimentConfig(model='sam2_full', prompt='full_image', train_options={'correction_iters': 2})
+    with pytest.raises(ConfigError, match="peft_method='dora' is for model 'sam2_lora'"):
+        ExperimentConfig(model='sam2_full', peft_method='dora')
+    with pytest.raises(ConfigError, match='unknown terms'):
+        ExperimentConfig(model='sam2_full', train_options={'loss': 'sam2', 'loss_weights': {'mask': 20}})
+    with pytest.raises(ConfigError, match='negative_prompt, skip'):
+        ExperimentConfig(model='sam2_full', train_options={'train_empty': 'drop'})
+    assert ExperimentConfig(model='sam2_lora', peft_method='layernorm').used_params().get('lora_rank') is None
+
+
+def test_new_sweeps_expand():
+    from defect_sam.grid import expand_grid
+    runs = [r for r in expand_grid(ROOT/'grids'/'thesis.yaml') if r.sweep.startswith('peft_')]
+    got = {(r.config.peft_method, r.config.lora_strategy) for r in runs}
+    assert {('lora', 'attn_mlp'), ('dora', 'attn_mlp'), ('dora', 'decoder'), ('layernorm', 'encoder_decoder'),
+            ('bias_layernorm', 'all')} <= got and len({r.exp_id for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize('name, params', [
+    ('sam2_loss_clicks_skip', dict(model='sam2_lora', prompt='points_1', lora_rank=2,
+                                   train_options={'loss': 'sam2', 'correction_iters': 1, 'train_empty': 'skip',
+                                                  'loss_weights': {'focal': 10}})),
+    ('full_image_dora', dict(model='sam2_lora', prompt='full_image', peft_method='dora', lora_rank=2, train_options={'loss': 'sam2'})),
+    ('sam2_unet', dict(model='sam2_unet', class_aware=True, img_size=64, lora_rank=2)),
+])
+def test_experiment_rows(name, params, tmp_path):
+    res = run_experiment({**TINY, **params, 'results_dir': str(tmp_path)}, progress=False)
+    t = read_results(tmp_path)
+    assert len(t) == 1 and t.iloc[0].exp_id == res.row['exp_id'] and np.isfinite(t.iloc[0].test_mIoU)
+    log = __import__('pandas').read_csv(tmp_path/Path(res.row['ckpt_path']).parent/'log.csv')
+    tr = log[log.kind == 'train']
+    assert len(tr) and tr.loss.notna().all()
+    if params.get('train_options', {}).get('loss') == 'sam2': assert tr.loss_iou.notna().all() and tr.loss_object_score.notna().all()
+    if 'peft_method' in params: assert res.row['variant'].startswith(params['peft_method'])
+    if params['model'] == 'sam2_unet':                                 # prompt-free, like the U-Nets
+        assert res.row['prompt_type'] is None and res.row['sam2_size'] == 'tiny' and res.row['class_aware']
+        assert res.row['variant'] == 'trunk_lora_r2' and res.row['weights'] == 'random'
+        from defect_sam.train import load_checkpoint
+        from defect_sam.experiment import build_experiment_model, experiment_data
+        cfg = ExperimentConfig(**{**TINY, **params, 'results_dir': str(tmp_path)})
+        m = build_experiment_model(cfg, experiment_data(cfg)['train'])
+        load_checkpoint(m, tmp_path/res.row['ckpt_path'])               # the trained parts, strictly
+        with pytest.raises(ConfigError, match='takes no prompts'): m.predict(_img(), boxes=[[0, 0, 9, 9]])
+
+
+def _proxy_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('pretrain_proxy', ROOT/'tools'/'pretrain_proxy.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_proxy_corpus_is_generic_and_deterministic():
+    import cv2
+    tool = _proxy_tool()
+    a, b = tool.proxy_sample('proxy-train-000001'), tool.proxy_sample('proxy-train-000001')
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    counts = [cv2.connectedComponents(tool.proxy_sample(f'proxy-train-{i:06d}').mask)[0] - 1 for i in range(40)]
+    assert 0 in counts and max(counts) >= 4                          # empty images and many-object images
+    tr, ho = tool.proxy_corpus('train', 5), tool.proxy_corpus('heldout', 5)
+    assert not set(tr.ids) & set(ho.ids) and tr[0].meta['source'] == 'proxy-corpus'
+
+
+def test_proxy_pretraining_writes_a_strict_checkpoint_and_caches(tmp_path, monkeypatch):
+    tool = _proxy_tool()
+    kw = dict(image_size=64, batch_size=1, eval_images=1, steps=1, progress=False, device='cpu')
+    rec = tool.pretrain(tmp_path, 0.0, **kw)
+    assert rec['steps'] == 1 and 0 <= rec['heldout_mIoU_after'] <= 1
+    s = build_model('sam2_lora', weights=rec['checkpoint'], image_size=128)        # `weights=<path>` loads it strictly
+    assert s.info()['weights'] == rec['checkpoint']
+    import defect_sam.train
+    monkeypatch.setattr(defect_sam.train, 'train', lambda *a, **k: pytest.fail('a cached proxy must not train again'))
+    assert tool.pretrain(tmp_path, 0.0, **kw) == rec
+    with pytest.raises(ConfigError, match='other options'): tool.pretrain(tmp_path, 0.0, **{**kw, 'lr': 1e-3})
