@@ -83,9 +83,9 @@ RANKING_TITLES = {'deployable': 'deployable: automatic prompts and prompt-free m
 def in_ranking(df:pd.DataFrame, # a results table from `load_results`
                ranking:str, # 'deployable' or 'oracle'
               ) -> pd.DataFrame:
-    "The rows one ranking holds: oracle-prompted runs are never ranked with the others."
+    "The rows one ranking holds: oracle-prompted runs are never ranked with the others, gate runs (image classifiers) never with segmenters."
     if ranking not in RANKINGS: raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
-    return df[df.prompt_regime.isin(RANKINGS[ranking])] if len(df) else df
+    return df[df.prompt_regime.isin(RANKINGS[ranking]) & (df.model != 'gate')] if len(df) else df
 
 def _fmt(v) -> str:
     if isinstance(v, float) and v.is_integer(): return str(int(v))

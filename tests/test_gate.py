@@ -110,3 +110,9 @@ def test_report_keeps_gated_runs_apart_from_their_twins():
     gated = dict(row, gate='gate-synthetic-full-s42-12345678')
     assert config_key(row) != config_key(gated)   # not pooled as seeds of one configuration
     assert run_label(gated) == run_label(row) + ' +gate'
+
+
+def test_gate_runs_are_in_no_segmentation_ranking():
+    from defect_sam.report import in_ranking
+    df = pd.DataFrame({'model': ['unet', 'gate', 'sam2_lora'], 'prompt_regime': ['none', 'none', 'oracle']})
+    assert in_ranking(df, 'deployable').model.tolist() == ['unet'] and in_ranking(df, 'oracle').model.tolist() == ['sam2_lora']
