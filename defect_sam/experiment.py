@@ -294,6 +294,7 @@ def _validate(self:ExperimentConfig):
             raise ConfigError(f"threshold={self.threshold!r}: a gate's thresholds are calibrated by image-level F1 ('val' or 'val:F1') or fixed (a number)")
         if str(PostProcess.from_spec(self.postprocess)) != 'none': raise ConfigError("postprocess: a gate run has no masks to post-process; use 'none'")
         if self.weights not in ('auto', 'random'): raise ConfigError(f"weights={self.weights!r}: a gate starts from 'auto' (ImageNet) or 'random' weights")
+        if self.skip_inference: raise ConfigError("skip_inference: a gate run re-scores nothing; run it again to recalibrate its thresholds")
     if self.gate is not None and not _NAME_RE.match(self.gate): raise ConfigError(f"gate={self.gate!r} is not an exp_id")
     from defect_sam.tracking import check_track
     self.track = check_track(self.track) or None

@@ -77,6 +77,7 @@ _CONFIG_COLUMNS = ('dataset', 'model', 'variant', 'subset_size', 'prompt_type', 
                    'threshold_from', 'postprocess', 'class_aware')
 
 _CONFIG_COLUMNS += ('tta',) # runs with and without TTA are different configurations
+_CONFIG_COLUMNS += ('gate',) # a gated run is not a seed of its ungated twin
 RANKINGS = {'deployable': ('automatic', 'none'), 'oracle': ('oracle',)} # the prompt regimes each ranking holds
 RANKING_TITLES = {'deployable': 'deployable: automatic prompts and prompt-free models',
                   'oracle': 'oracle prompts (from the ground truth): the upper bound of prompting'}
@@ -84,9 +85,9 @@ RANKING_TITLES = {'deployable': 'deployable: automatic prompts and prompt-free m
 def in_ranking(df:pd.DataFrame, # a results table from `load_results`
                ranking:str, # 'deployable' or 'oracle'
               ) -> pd.DataFrame:
-    "The rows one ranking holds: oracle-prompted runs are never ranked with the others."
+    "The rows one ranking holds: oracle-prompted runs are never ranked with the others, gate runs (image classifiers) never with segmenters."
     if ranking not in RANKINGS: raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
-    return df[df.prompt_regime.isin(RANKINGS[ranking])] if len(df) else df
+    return df[df.prompt_regime.isin(RANKINGS[ranking]) & (df.model != 'gate')] if len(df) else df
 
 def _fmt(v) -> str:
     if isinstance(v, float) and v.is_integer(): return str(int(v))
@@ -113,6 +114,7 @@ def run_label(row) -> str:
     if g('threshold_from') and g('threshold_from') != 'fixed': parts.append('thr:val/class' if 'per_class' in g('threshold_from') else 'thr:val')
     if g('tta'): parts.append(f"TTA:{g('tta')}")
     if g('postprocess') and g('postprocess') != 'none': parts.append(g('postprocess'))
+    if g('gate'): parts.append('+gate')
     return ' '.join(parts)
 
 def config_key(row) -> str:

@@ -102,3 +102,17 @@ def test_thesis_grid_gates_its_gate_sweep_run():
     assert {r.config.gate for r in gated} == {gate[0].exp_id}   # the literal id in the YAML is the gate sweep's run
     for r in gated:   # each gated run reuses the training of an ungated run of the grid
         assert [x for x in runs if x.config.gate is None and x.config.train_key == r.config.train_key]
+
+
+def test_report_keeps_gated_runs_apart_from_their_twins():
+    from defect_sam.report import config_key, run_label
+    row = dict(dataset='synthetic', model='unet', variant='scratch', weights='random', lr=1e-3, threshold_from='val:mIoU', gate=None)
+    gated = dict(row, gate='gate-synthetic-full-s42-12345678')
+    assert config_key(row) != config_key(gated)   # not pooled as seeds of one configuration
+    assert run_label(gated) == run_label(row) + ' +gate'
+
+
+def test_gate_runs_are_in_no_segmentation_ranking():
+    from defect_sam.report import in_ranking
+    df = pd.DataFrame({'model': ['unet', 'gate', 'sam2_lora'], 'prompt_regime': ['none', 'none', 'oracle']})
+    assert in_ranking(df, 'deployable').model.tolist() == ['unet'] and in_ranking(df, 'oracle').model.tolist() == ['sam2_lora']
