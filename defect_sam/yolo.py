@@ -96,7 +96,7 @@ def _local_font(*args, **kwargs) -> Path:
 
 @contextlib.contextmanager
 def yolo_offline(skip_amp_check:bool=True): # use AMP as asked instead of ultralytics' self-check (which downloads yolo26n.pt)
-    "Within this block ultralytics does not reach the network for fonts, AMP checks or usage events."
+    "Within this block ultralytics does not reach the network for fonts, AMP checks or usage events, nor logs to its own MLflow store."
     import ultralytics.data.utils as du
     import ultralytics.engine.trainer as tr
     import ultralytics.utils.checks as ck
@@ -104,17 +104,23 @@ def yolo_offline(skip_amp_check:bool=True): # use AMP as asked instead of ultral
     from ultralytics.utils import events as ev
     saved = [(m, 'check_font', getattr(m, 'check_font', None)) for m in (du, pl, ck)]
     if skip_amp_check: saved.append((tr, 'check_amp', tr.check_amp))
-    enabled = ev.events.enabled
+    from ultralytics.utils import SETTINGS
+    enabled, mlflow_on = ev.events.enabled, SETTINGS.get('mlflow')
     try:
         for m, name, _ in saved:
             if name == 'check_font': setattr(m, name, _local_font)
             else: setattr(m, name, lambda model: True)
         ev.events.enabled = False
+        # ultralytics' MLflow callback (on by default once mlflow is installed) would write mlruns/ or mlflow.db into the
+        # working directory; `track` logs YOLO's curves into the run's own MLflow run instead. In memory only: the
+        # user's ultralytics settings file is not rewritten.
+        dict.__setitem__(SETTINGS, 'mlflow', False)
         yield
     finally:
         for m, name, old in saved:
             if old is not None: setattr(m, name, old)
         ev.events.enabled = enabled
+        dict.__setitem__(SETTINGS, 'mlflow', mlflow_on)
 
 # %% ../nbs/32_yolo.ipynb #dc1acd61
 YOLO_TASKS = ('detect', 'segment')
