@@ -101,7 +101,11 @@ def _run(ns) -> int:
     if ns.dry_run:
         print(f"{cfg.exp_id}\n{cfg.to_yaml()}", end='')
         return 0
-    print(f'run {cfg.exp_id} -> {Path(cfg.results_dir)/cfg.exp_id}/', flush=True)
+    from defect_sam.distributed import process_rank
+    rank, nproc = process_rank()
+    if nproc > 1 and not ns.no_notebook:
+        raise ConfigError(f'launched as {nproc} processes (torchrun / accelerate launch): add --no-notebook, the run then trains with DDP in every process and rank 0 writes its results')
+    if rank == 0: print(f'run {cfg.exp_id} -> {Path(cfg.results_dir)/cfg.exp_id}/' + (f' ({nproc} processes)' if nproc > 1 else ''), flush=True)
     try:
         if ns.no_notebook: res = run_experiment(cfg)
         else:
@@ -111,6 +115,7 @@ def _run(ns) -> int:
     except Exception as e:
         print(f'FAILED {cfg.exp_id}: {_failure(cfg, e)}', file=sys.stderr)
         return 1
+    if rank: return 0   # rank 0 wrote and reports the results
     from defect_sam.experiment import read_results
     t = read_results(Path(cfg.results_dir)/'experiments.csv')
     row = t[t.exp_id == cfg.exp_id].iloc[-1]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import datetime as dt
 import functools
@@ -34,6 +35,7 @@ from filelock import FileLock
 
 from .core import (ConfigError, DataError, atomic_write, git_commit, package_version, params_hash,
                              seed_everything, write_json_atomic, write_text_atomic)
+from .distributed import init_processes, is_main_process, local_device, process_rank, wait_for_everyone
 from .data import DATASETS, _check_fractions, fewshot_subset, ids_hash, load_dataset, split_dataset
 from .evaluate import EvalResult, _jsonable, calibrate_saved, evaluate, evaluate_saved
 from .metrics import CALIBRATION_METRICS, EMPTY_CONVENTION, SUMMARY_KEYS, MemoryMonitor
@@ -504,7 +506,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
     "Train `model` for `cfg` (resuming an interrupted training); returns facts for the results row."
     out = checkpoint_dir(cfg); out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with FileLock(str(out/'train.lock')):
+    with FileLock(str(out/'train.lock')) if is_main_process() else contextlib.nullcontext():   # launched: rank 0 holds it for all
         if _family(cfg.model) in ('yolo', 'pipeline'):
             done = out/'yolo'/'train_result.json'
             if done.exists():   # trained before (ultralytics cannot resume a part-trained run: it starts again)
@@ -700,6 +702,10 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
     "Run one experiment: data, model, training, threshold, validation and test evaluation, files, and its results row."
     if isinstance(cfg, ExperimentConfig): cfg = ExperimentConfig.from_dict(cfg.to_dict(), **overrides)
     else: cfg = ExperimentConfig.from_dict(cfg or {}, 'run_experiment', **overrides)
+    rank, nproc = process_rank()
+    if nproc > 1:   # torchrun / accelerate launch: every rank trains (DDP), rank 0 alone evaluates and writes
+        _check_launched(cfg); init_processes()
+        if rank: return _other_rank(cfg)
     results, eid = Path(cfg.results_dir), cfg.exp_id
     run_dir = results/eid
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -760,6 +766,7 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
             try: remove_result(eid, table)   # the row may have gone in before the failure
             except Exception: pass
         raise
+    if nproc > 1: wait_for_everyone()   # the other ranks return once rank 0's files are written
     return ExperimentResult(row, test, val, run_dir, cfg)
 
 def _versions() -> dict:
@@ -770,3 +777,19 @@ def _versions() -> dict:
         try: out[name] = version(name)
         except PackageNotFoundError: out[name] = None
     return out
+
+# %% ../nbs/50_experiment.ipynb #d13e0002
+def _check_launched(cfg:ExperimentConfig):
+    if _family(cfg.model) in ('yolo', 'pipeline'):
+        raise ConfigError(f"model {cfg.model!r} trains through ultralytics, which runs its own DDP: launch it as one process "
+                          f"(train_options: {{device: '0,1'}}), not with torchrun / accelerate launch")
+
+def _other_rank(cfg:ExperimentConfig) -> None:
+    "Rank >= 1 of a launched run: its share of DDP training, then wait for rank 0 (which evaluates and writes)."
+    if cfg.trains and not cfg.skip_inference:
+        cfg = ExperimentConfig.from_dict(cfg.to_dict(), device=local_device(cfg.device))
+        seed_everything(cfg.seed)
+        parts = experiment_data(cfg)
+        model = build_experiment_model(cfg, parts['train'])
+        train_experiment_model(cfg, model, parts, progress=False)
+    wait_for_everyone()
