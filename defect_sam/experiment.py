@@ -88,6 +88,8 @@ class ExperimentConfig:
     results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
     exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
     skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
+    embedding_store: str|None = None # SAM2: folder of an embedding store shared by runs (the frozen encoder's float32 outputs on disk, read by training and evaluation); None: the in-memory cache only
+    embedding_store_gb: float = 200 # byte bound of the embedding store in GiB (least recently used images evicted)
 
     def __post_init__(self): self.validate()
 
@@ -209,6 +211,7 @@ def _validate(self:ExperimentConfig):
         v = getattr(self, k)
         if v < 32 or v % 32: raise ConfigError(f"{k} must be a multiple of 32 and >= 32, got {v}")
     if not self.lr > 0: raise ConfigError(f"lr must be > 0, got {self.lr}")
+    if not self.embedding_store_gb > 0: raise ConfigError(f"embedding_store_gb must be > 0, got {self.embedding_store_gb}")
     if self.weight_decay is not None and self.weight_decay < 0: raise ConfigError(f"weight_decay must be >= 0 or None, got {self.weight_decay}")
     if not self.lora_alpha > 0: raise ConfigError(f"lora_alpha must be > 0, got {self.lora_alpha}")
     if not 0 <= self.lora_dropout < 1: raise ConfigError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
@@ -437,6 +440,8 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
         kw = dict(size=cfg.sam2_size, weights=cfg.weights, device=cfg.device, image_size=cfg.sam2_image_size, seed=cfg.seed)
         if cfg.model == 'sam2_lora':
             kw |= dict(lora_strategy=cfg.lora_strategy, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+        if cfg.embedding_store:   # exact (float32), so not part of the run's identity
+            kw |= dict(disk_cache=cfg.embedding_store, disk_cache_dtype='float32', disk_cache_bytes=int(cfg.embedding_store_gb * 2**30))
         return build_model(cfg.model, **kw)
     if fam == 'unet':
         shape = train_ds[0].shape if train_ds is not None and len(train_ds) else (cfg.img_size, cfg.img_size)
