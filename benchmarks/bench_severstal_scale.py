@@ -8,6 +8,10 @@ defects on about half the images, one or two classes each, a few RLE runs per cl
 about the pipeline's cost, not about steel.
 
     python benchmarks/bench_severstal_scale.py [--n 12568] [--dir DIR]
+
+Measured (2 shared CPU cores, load average about 9; 12,568 images, 7,295 CSV rows, 6,624 images with defects):
+index 0.68 s (+17.9 MiB RSS), split 0.10 s (+3.1 MiB), few-shot 100..4000 0.14 s (+0.3 MiB); again with the
+manifests reused: 0.80 s, 0.03 s, 0.02 s; peak RSS 242 MiB (of which about 205 MiB is the interpreter and imports).
 """
 import argparse
 import os
