@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--no-notebook', action='store_true', help='run in this process instead of one papermill notebook per run')
     g.add_argument('--template', metavar='IPYNB', help='the papermill template (default: nbs/run_experiment.ipynb)')
     g.add_argument('--no-rerun-failed', action='store_true', help='report runs that failed before instead of running them again')
+    L = g.add_argument_group('launcher (submitit; resources also from the grid YAML\'s launcher: section, see defect_sam.launch)')
+    L.add_argument('--launcher', choices=['local', 'slurm'], help='local: --jobs workers on this machine; slurm: one job per run (a job array). Default: one after the other in this process')
+    L.add_argument('--jobs', type=int, help='local: runs at once (default: one per --gpus entry, else 1); slurm: array jobs at once')
+    L.add_argument('--gpus', help="local: GPU indices, one per worker (e.g. 0,1,2,3; sets CUDA_VISIBLE_DEVICES); none: CPU")
+    for o, t, h in (('partition', str, 'slurm partition'), ('account', str, 'slurm account'), ('gpus-per-job', int, 'slurm: GPUs per run (default 1)'),
+                    ('cpus-per-task', int, 'slurm: CPUs per run (default 8)'), ('mem-gb', float, 'slurm: memory per run in GB'),
+                    ('time-min', int, 'job time limit in minutes; a job reaching it is requeued and resumes (default 1440)'),
+                    ('log-dir', str, "submitit's folder (default: <results_dir>/.grid/<name>-<time>)")):
+        L.add_argument(f'--{o}', type=t, help=h)
+    L.add_argument('--wait', action=argparse.BooleanOptionalAction, default=None, help='wait for the jobs and report every run (default: local yes, slurm no)')
     rep = sub.add_parser('report', help='build the report figures from a results folder',
                          description='Build every report figure (PNG and PDF) from experiments.csv and the per-image tables.')
     rep.add_argument('--results-dir', default='results', help='the results folder (default: results)')
@@ -126,7 +136,11 @@ def _run(ns) -> int:
     if ns.dry_run:
         print(f"{cfg.exp_id}\n{cfg.to_yaml()}", end='')
         return 0
-    print(f'run {cfg.exp_id} -> {Path(cfg.results_dir)/cfg.exp_id}/', flush=True)
+    from defect_sam.distributed import process_rank
+    rank, nproc = process_rank()
+    if nproc > 1 and not ns.no_notebook:
+        raise ConfigError(f'launched as {nproc} processes (torchrun / accelerate launch): add --no-notebook, the run then trains with DDP in every process and rank 0 writes its results')
+    if rank == 0: print(f'run {cfg.exp_id} -> {Path(cfg.results_dir)/cfg.exp_id}/' + (f' ({nproc} processes)' if nproc > 1 else ''), flush=True)
     try:
         if ns.no_notebook: res = run_experiment(cfg)
         else:
@@ -136,6 +150,7 @@ def _run(ns) -> int:
     except Exception as e:
         print(f'FAILED {cfg.exp_id}: {_failure(cfg, e)}', file=sys.stderr)
         return 1
+    if rank: return 0   # rank 0 wrote and reports the results
     from defect_sam.experiment import read_results
     t = read_results(Path(cfg.results_dir)/'experiments.csv')
     row = t[t.exp_id == cfg.exp_id].iloc[-1]
@@ -146,13 +161,19 @@ def _run(ns) -> int:
 def _grid(ns) -> int:
     from defect_sam.grid import run_grid
     import pandas as pd
+    opts = {k: getattr(ns, k) for k in ('partition', 'account', 'gpus_per_job', 'cpus_per_task', 'mem_gb', 'time_min', 'log_dir', 'wait')}
+    if ns.launcher is None and any(v is not None for v in (ns.jobs, ns.gpus, *opts.values())):
+        raise ConfigError('--jobs, --gpus and the slurm options need --launcher local or --launcher slurm')
     rep = run_grid(ns.grid, ns.results_dir, dry_run=ns.dry_run, notebook=not ns.no_notebook, template=ns.template,
-                   rerun_failed=not ns.no_rerun_failed)
+                   rerun_failed=not ns.no_rerun_failed, launcher=ns.launcher, jobs=ns.jobs, gpus=ns.gpus, launcher_options=opts)
     if ns.dry_run:
         with pd.option_context('display.max_rows', None, 'display.width', 200, 'display.max_colwidth', 60):
             print(rep.table.drop(columns=['seconds', 'error']).to_string(index=False))
         print(f"{len(rep.table)} runs, {(rep.table.status == 'done').sum()} done")
         return 0
+    if ns.launcher is not None:
+        with pd.option_context('display.max_rows', None, 'display.width', 200, 'display.max_colwidth', 100):
+            print(rep.table.drop(columns=['sweep', 'log']).to_string(index=False))
     print(rep)
     return 0 if rep.ok else 1
 
@@ -206,3 +227,7 @@ def main(argv:list|None=None) -> int: # arguments (default: sys.argv[1:])
         if not isinstance(e, ConfigError): raise
         print(f'defect-sam {ns.command}: error: {e}', file=sys.stderr)
         return 2
+
+if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'defect_sam.cli':
+    sys.exit(main())   # python -m defect_sam.cli ..., accelerate launch -m defect_sam.cli ..., torchrun -m defect_sam.cli ...
+

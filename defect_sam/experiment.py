@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import datetime as dt
 import functools
@@ -34,6 +35,7 @@ from filelock import FileLock
 
 from .core import (ConfigError, DataError, atomic_write, git_commit, package_version, params_hash,
                              seed_everything, write_json_atomic, write_text_atomic)
+from .distributed import init_processes, is_main_process, local_device, process_rank, wait_for_everyone
 from .data import DATASETS, _check_fractions, fewshot_subset, ids_hash, load_dataset, split_dataset
 from .evaluate import EvalResult, _jsonable, calibrate_saved, evaluate, evaluate_saved
 from .metrics import CALIBRATION_METRICS, EMPTY_CONVENTION, IMAGE_KEYS, IOU_AT, SUMMARY_KEYS, MemoryMonitor
@@ -101,6 +103,8 @@ class ExperimentConfig:
     peft_method: str = 'lora' # sam2_lora adapters (peft): lora, dora (LoRA + magnitude, use_dora), layernorm (LayerNorm only, as SAC), bias_layernorm (LayerNorm and biases); lora_strategy is their scope, lora_rank/alpha/dropout only for lora, dora
     track: list|str|None = None # experiment tracking: mlflow, tensorboard or both (training curves through Accelerate; MLflow: one run per experiment with params, row, files); None: off
     track_experiment: str|None = None # MLflow experiment of the run (None: $MLFLOW_EXPERIMENT_NAME, else 'defect-sam'; a grid: its name)
+    embedding_store: str|None = None # SAM2: folder of an embedding store shared by runs (the frozen encoder's float32 outputs on disk, read by training and evaluation); None: the in-memory cache only
+    embedding_store_gb: float = 200 # byte bound of the embedding store in GiB (least recently used images evicted)
 
     def __post_init__(self): self.validate()
 
@@ -257,6 +261,7 @@ def _validate(self:ExperimentConfig):
         v = getattr(self, k)
         if v < 32 or v % 32: raise ConfigError(f"{k} must be a multiple of 32 and >= 32, got {v}")
     if not self.lr > 0: raise ConfigError(f"lr must be > 0, got {self.lr}")
+    if not self.embedding_store_gb > 0: raise ConfigError(f"embedding_store_gb must be > 0, got {self.embedding_store_gb}")
     if self.weight_decay is not None and self.weight_decay < 0: raise ConfigError(f"weight_decay must be >= 0 or None, got {self.weight_decay}")
     if not self.lora_alpha > 0: raise ConfigError(f"lora_alpha must be > 0, got {self.lora_alpha}")
     if not 0 <= self.lora_dropout < 1: raise ConfigError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
@@ -525,6 +530,8 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
         if cfg.model == 'sam2_lora':
             kw |= dict(lora_strategy=cfg.lora_strategy, peft_method=cfg.peft_method)
             if cfg.peft_method in ('lora', 'dora'): kw |= dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+        if cfg.embedding_store:   # exact (float32), so not part of the run's identity
+            kw |= dict(disk_cache=cfg.embedding_store, disk_cache_dtype='float32', disk_cache_bytes=int(cfg.embedding_store_gb * 2**30))
         return build_model(cfg.model, **kw)
     if cfg.model in ('sam2_unet', 'sam2_unet_full'):   # the U-Nets' recipe, with SAM2's size and weights (and LoRA rank)
         shape = train_ds[0].shape if train_ds is not None and len(train_ds) else (cfg.img_size, cfg.img_size)
@@ -617,7 +624,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
     "Train `model` for `cfg` (resuming an interrupted training); returns facts for the results row."
     out = checkpoint_dir(cfg); out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with FileLock(str(out/'train.lock')):
+    with FileLock(str(out/'train.lock')) if is_main_process() else contextlib.nullcontext():   # launched: rank 0 holds it for all
         if _family(cfg.model) in ('yolo', 'pipeline'):
             done = out/'yolo'/'train_result.json'
             if done.exists():   # trained before (ultralytics cannot resume a part-trained run: it starts again)
@@ -920,6 +927,10 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
     from defect_sam.tracking import RunProgress, terminal_progress
     if isinstance(cfg, ExperimentConfig): cfg = ExperimentConfig.from_dict(cfg.to_dict(), **overrides)
     else: cfg = ExperimentConfig.from_dict(cfg or {}, 'run_experiment', **overrides)
+    rank, nproc = process_rank()
+    if nproc > 1:   # torchrun / accelerate launch: every rank trains (DDP), rank 0 alone evaluates and writes
+        _check_launched(cfg); init_processes()
+        if rank: return _other_rank(cfg)
     if progress == 'terminal':
         with terminal_progress() as s: return _run(cfg, True, RunProgress(cfg.exp_id, s))
     return _run(cfg, bool(progress), RunProgress(cfg.exp_id, sys.stderr if progress else None))
@@ -1005,6 +1016,7 @@ def _run(cfg:ExperimentConfig, progress:bool, phase) -> ExperimentResult:
             try: remove_result(eid, table)   # the row may have gone in before the failure
             except Exception: pass
         raise
+    if nproc > 1: wait_for_everyone()   # the other ranks return once rank 0's files are written
     return ExperimentResult(row, test, val, run_dir, cfg)
 
 def _versions() -> dict:
@@ -1015,3 +1027,19 @@ def _versions() -> dict:
         try: out[name] = version(name)
         except PackageNotFoundError: out[name] = None
     return out
+
+# %% ../nbs/50_experiment.ipynb #d13e0002
+def _check_launched(cfg:ExperimentConfig):
+    if _family(cfg.model) in ('yolo', 'pipeline'):
+        raise ConfigError(f"model {cfg.model!r} trains through ultralytics, which runs its own DDP: launch it as one process "
+                          f"(train_options: {{device: '0,1'}}), not with torchrun / accelerate launch")
+
+def _other_rank(cfg:ExperimentConfig) -> None:
+    "Rank >= 1 of a launched run: its share of DDP training, then wait for rank 0 (which evaluates and writes)."
+    if cfg.trains and not cfg.skip_inference:
+        cfg = ExperimentConfig.from_dict(cfg.to_dict(), device=local_device(cfg.device))
+        seed_everything(cfg.seed)
+        parts = experiment_data(cfg)
+        model = build_experiment_model(cfg, parts['train'])
+        train_experiment_model(cfg, model, parts, progress=False)
+    wait_for_everyone()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from .experiment import ExperimentConfig, config_fields, run_experiment, run_sta
 __all__ = ['GridRun', 'load_grid', 'expand_grid', 'grid_status', 'default_template', 'run_in_notebook', 'GridReport', 'run_grid']
 
 # %% ../nbs/51_grid.ipynb #7ff5aa68
-_GRID_KEYS = ('name', 'fixed', 'axes', 'models', 'sweeps', 'results_dir')
+_GRID_KEYS = ('name', 'fixed', 'axes', 'models', 'sweeps', 'results_dir', 'launcher')
 _SWEEP_KEYS = ('name', 'fixed', 'axes', 'models')
 
 @dataclass
@@ -186,36 +187,29 @@ def run_grid(grid:str|Path|dict, # a grid YAML file, YAML text, or a dict
              template:str|Path|None=None, # the template (default: nbs/run_experiment.ipynb of this checkout)
              rerun_failed:bool=True, # run failed runs again (False: report them as failed without running)
              log=print, # where progress lines go (None: silent)
+             launcher:str|None=None, # None: one after the other in this process; 'local' or 'slurm': submitit jobs (`launch.launch_grid`)
+             jobs:int|None=None, # launcher: local workers at once, or slurm array jobs at once
+             gpus:list|str|None=None, # local launcher: GPU indices, one per worker ('0,1,2,3')
+             launcher_options:dict|None=None, # other `launch.LauncherConfig` fields, over the grid's `launcher:` section
+             runner=None, # callable(ExperimentConfig) that runs one run (default: the notebook, or run_experiment)
             ) -> GridReport:
     "Run every run of a grid that is not done yet; failures are reported, not fatal."
     runs = expand_grid(grid, results_dir)
+    log = log or (lambda *a, **k: None)
+    if launcher is not None:
+        from defect_sam.launch import launch_grid, launcher_config
+        g = load_grid(grid)
+        lc = launcher_config(g, kind=launcher, jobs=jobs, gpus=gpus, **(launcher_options or {}))
+        return launch_grid(runs, lc, g.get('name') or 'grid', notebook, template, rerun_failed, runner, dry_run, log)
     status = grid_status(runs)
-    quiet, log = log is None, log or (lambda *a, **k: None)
     if dry_run:
         return GridReport(status.assign(outcome=status.status.map(lambda s: 'skip (done)' if s == 'done' else 'would run'),
                                         seconds=0.0, error=None))
-    if notebook: _template(template)
-    rows = []
-    for k, (r, st) in enumerate(zip(runs, status.status)):
-        head = f"[{k + 1}/{len(runs)}] {r.exp_id}"
-        if st == 'done' or (st == 'failed' and not rerun_failed):
-            rows.append({'exp_id': r.exp_id, 'sweep': r.sweep, 'status': st, 'outcome': 'skipped' if st == 'done' else 'failed',
-                         'seconds': 0.0, 'error': None if st == 'done' else _failure(r.config, RuntimeError('failed before'))})
-            log(f"{head}: {'done, skipped' if st == 'done' else 'failed before, not rerun'}")
-            continue
-        todo = sum(1 for s in status.status[k + 1:] if s != 'done')
-        log(f"{head}: {'resuming' if st in ('partial', 'failed') else 'running'} "
-            f"({sum(o['outcome'] == 'ran' for o in rows)} ran, {todo} to do after it)")
-        t0, err = time.perf_counter(), None
-        try:   # the run's phases and step bars go to the terminal (the notebook's kernel writes to its own stderr)
-            if notebook: run_in_notebook(r.config, template)
-            else: run_experiment(r.config, progress=False if quiet else 'terminal')
-        except KeyboardInterrupt: raise
-        except Exception as e: err = _failure(r.config, e)
-        dt = time.perf_counter() - t0
-        if err is None and run_status(r.config.results_dir, r.exp_id) != 'done': err = 'the run ended without its row and done.json'
-        rows.append({'exp_id': r.exp_id, 'sweep': r.sweep, 'status': st, 'outcome': 'failed' if err else 'ran', 'seconds': dt, 'error': err})
-        log(f"{head}: {'FAILED: ' + err if err else 'done'} ({dt:.0f} s)")
+    if notebook and runner is None: _template(template)
+    from defect_sam.launch import GridWorker   # what a submitit job runs: the run's lock, its status, its outcome
+    with tempfile.TemporaryDirectory() as d:
+        w = GridWorker(runs, d, notebook, str(template) if template else None, rerun_failed, runner, log, len(runs))
+        rows = [w.run_one(r, k) for k, r in enumerate(runs)]
     rep = GridReport(pd.DataFrame(rows, columns=['exp_id', 'sweep', 'status', 'outcome', 'seconds', 'error']))
     if not rep.ok: log(f"{len(rep.failed)} of {len(runs)} runs failed:\n" + rep.failed[['exp_id', 'error']].to_string(index=False))
     return rep

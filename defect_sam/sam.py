@@ -307,7 +307,8 @@ class SamSegmenter(TrainableSegmenter):
                  cache_bytes:int=1 << 30, # memory bound of the embedding cache (0: no memory cache)
                  cache_items:int|None=None, # optional bound on cached images
                  disk_cache:bool|str|Path=False, # also keep embeddings on disk: True (cache_dir('sam2_embeddings')) or a folder
-                 disk_cache_dtype:str='float16', # dtype of the disk cache
+                 disk_cache_dtype:str='float16', # dtype of the disk cache (float32: exact, and training reads it too)
+                 disk_cache_bytes:int|None=None, # byte bound of the disk cache (least recently used files evicted); None: unbounded
                  encode_batch_size:int=4, # images (or tiles) per image-encoder call
                  decode_batch_size:int=64, # prompts per mask-decoder call
                  download:bool=True, # weights='auto' may download the checkpoint
@@ -331,7 +332,7 @@ class SamSegmenter(TrainableSegmenter):
         for p in self.model.parameters(): p.requires_grad_(False)
         self._module = SamImageModule(self.model)
         disk = (cache_dir('sam2_embeddings') if disk_cache is True else disk_cache) or None
-        self.cache = EmbeddingCache(cache_bytes, cache_items, disk, disk_cache_dtype) if (cache_bytes or disk) else None
+        self.cache = EmbeddingCache(cache_bytes, cache_items, disk, disk_cache_dtype, disk_max_bytes=disk_cache_bytes) if (cache_bytes or disk) else None
         self.finetune, self.lora, self.lora_merged, self.parts, self.trained = None, None, False, (), None
         self._lora_tuner, self._weights_version, self._digests = None, 0, {}
         self.encoder_images = self.encoder_batches = 0
@@ -390,10 +391,10 @@ def _fingerprint(self:SamSegmenter, stage:str) -> str:
         self._digests[stage] = (fast, weights_digest(named, extra=f'sam2.1|{self.size}|{self.image_size}|{stage}|{lora}'))
     return self._digests[stage][1]
 
-def _train_cache(self:SamSegmenter) -> EmbeddingCache|None:
-    "The store training reads: the memory tier (a memory-only twin of the cache when it has a disk tier); None: no cache."
+def _train_cache(self:SamSegmenter, store:bool=True) -> EmbeddingCache|None:
+    "The store training reads: the cache with its disk tier when that is exact (float32) and `store`; else a memory-only twin; None: no cache."
     if self.cache is None: return None
-    if self.cache.disk_dir is None: return self.cache
+    if self.cache.disk_dir is None or (store and self.cache.disk_dtype == 'float32'): return self.cache
     if self._train_store is None:
         self._train_store = EmbeddingCache(self.cache.max_bytes, self.cache.max_items, device=self.cache.device)
     return self._train_store
@@ -401,9 +402,10 @@ def _train_cache(self:SamSegmenter) -> EmbeddingCache|None:
 @patch
 def _features(self:SamSegmenter, crops:list, # HxWx3 uint8 images or tiles
               stage:str='post', # 'post' or 'raw' (see `SamImageModule.encode`)
-              train:bool=False) -> list[dict]: # the training path: exact float32 memory tier, one image per encoder call
+              train:bool=False, # the training path: exact float32 features only, one image per encoder call
+              store:bool=True) -> list[dict]: # training: may the disk tier keep them (False for augmented images)
     "Encoder features (batch of 1, on the model's device) of each crop, from the cache or the encoder."
-    cache = _train_cache(self) if train else self.cache
+    cache = _train_cache(self, store) if train else self.cache
     bs = 1 if train else self.encode_batch_size
     fp = _fingerprint(self, stage)
     keys = [f'{stage}{self.image_size}-{fp}-{image_key(c)}' for c in crops]
@@ -689,7 +691,8 @@ def forward_train(self:SamSegmenter, images:Sequence[np.ndarray], # HxWx3 uint8 
                   low_res:bool=False, # low-res logits (N, [3,] h, w) instead of image-size ones (see `upsample_logits`)
                   combine:bool=False, # per image the maximum over prompts: (H, W), or (C, H, W) with num_classes
                   return_iou:bool=False, # also return the predicted IoUs (N[, 3]): a list of (logits, iou)
-                  module:nn.Module|None=None) -> list: # the (accelerate/DDP-wrapped) `self.module` to call
+                  module:nn.Module|None=None, # the (accelerate/DDP-wrapped) `self.module` to call
+                  store:bool=True) -> list: # a frozen encoder's outputs may go to the disk store (False: augmented images)
     "Per-image mask logits (N, H, W) for the prompts, differentiable w.r.t. the trainable parameters."
     if len(images) != len(prompts): raise DataError(f"forward_train: {len(images)} images but {len(prompts)} prompt dicts")
     if combine and (multimask_output or low_res or return_iou): raise ConfigError("combine=True returns image-size logits only")
@@ -707,7 +710,7 @@ def forward_train(self:SamSegmenter, images:Sequence[np.ndarray], # HxWx3 uint8 
         d = self.model.sam_mask_decoder
         hr_train = self.model.use_high_res_features_in_sam and any(p.requires_grad for p in [*d.conv_s0.parameters(), *d.conv_s1.parameters()])
         stage = 'raw' if hr_train else 'post'
-        fs = self._features(list(images), stage, train=True)
+        fs = self._features(list(images), stage, train=True, store=store)
         feats = {k: torch.cat([f[k].clone() if f[k].is_inference() else f[k] for f in fs]) for k in fs[0]}
         outs = module(ps, features=feats, stage=stage, multimask_output=multimask_output)
     else: outs = module(ps, pixels=preprocess(images, R, dev), multimask_output=multimask_output)
@@ -782,7 +785,8 @@ def forward_batch(self:SamSegmenter, samples:list, # augmented `Sample`s
         from defect_sam.sam_train import objective_forward_batch      # per-prompt outputs: the sam2 loss, clicks, skip
         return objective_forward_batch(self, samples, rng, module)
     sims = [simulate_prompts(s.mask, rng, **self.train_prompts) for s in samples]
-    logits = self.forward_train([s.image for s in samples], [p.as_kwargs() for p, _, _ in sims], combine=True, module=module)
+    store = not any(s.meta.get('augmented') for s in samples)   # augmented pixels would only fill the disk store
+    logits = self.forward_train([s.image for s in samples], [p.as_kwargs() for p, _, _ in sims], combine=True, module=module, store=store)
     logits = [l if l.ndim == 3 else l[None] for l in logits]
     dev = logits[0].device
     return TrainOutput(logits, [torch.from_numpy(t).to(dev) for _, t, _ in sims], [torch.from_numpy(v).to(dev) for _, _, v in sims])

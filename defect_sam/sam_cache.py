@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .core import ConfigError, atomic_write
+from .sam_store import EmbeddingStore
 
 # %% auto #0
 __all__ = ['image_key', 'weights_fingerprint', 'weights_digest', 'EmbeddingCache']
@@ -66,7 +67,8 @@ class EmbeddingCache:
                  max_items:int|None=None, # optional bound on the number of entries in memory
                  disk_dir:str|Path|None=None, # folder of the disk tier (None: memory only)
                  disk_dtype:str='float16', # dtype of tensors on disk: float16, bfloat16 or float32
-                 device:str|torch.device='cpu'): # where tensors held in memory live
+                 device:str|torch.device='cpu', # where tensors held in memory live
+                 disk_max_bytes:int|None=None): # byte bound of the disk tier (least recently used files evicted); None: unbounded
         if max_bytes < 0 or (max_items is not None and max_items < 0):
             raise ConfigError(f"EmbeddingCache: max_bytes ({max_bytes}) and max_items ({max_items}) must be >= 0")
         if disk_dtype not in _DTYPES:
@@ -76,18 +78,22 @@ class EmbeddingCache:
         self.device = torch.device(device)
         self._mem: OrderedDict[str, dict] = OrderedDict()
         self._bytes = 0
-        self.hits = self.disk_hits = self.misses = self.evictions = self.disk_writes = 0
+        self.store = EmbeddingStore(self.disk_dir, disk_max_bytes, disk_dtype) if self.disk_dir is not None else None
+        self.hits = self.disk_hits = self.misses = self.evictions = 0
 
-    def _path(self, key:str) -> Path: return self.disk_dir/key[:2]/f'{key}.safetensors'
+    @property
+    def disk_writes(self) -> int: return self.store.writes if self.store is not None else 0
+    def _path(self, key:str) -> Path: return self.store.path(key)
 
     def get(self, key:str) -> dict|None:
         "The tensors stored under `key` (memory first, then disk), or None."
         if key in self._mem:
             self._mem.move_to_end(key); self.hits += 1
             return self._mem[key]
-        if self.disk_dir is not None:
-            feats = self._read(self._path(key))
+        if self.store is not None:
+            feats = self.store.get(key)
             if feats is not None:
+                feats = {k: v.to(self.device) for k, v in feats.items()}
                 self.disk_hits += 1
                 self._remember(key, feats)
                 return feats
@@ -98,7 +104,7 @@ class EmbeddingCache:
         "Store `feats` (a dict of tensors) under `key` in memory and, if enabled, on disk."
         feats = {k: v.detach().to(self.device) for k, v in feats.items()}
         self._remember(key, feats)
-        if self.disk_dir is not None and not self._path(key).exists(): self._write(self._path(key), feats)
+        if self.store is not None: self.store.put(key, feats)
 
     def _remember(self, key, feats):
         n = _nbytes(feats)
@@ -109,41 +115,23 @@ class EmbeddingCache:
             _, old = self._mem.popitem(last=False)
             self._bytes -= _nbytes(old); self.evictions += 1
 
-    def _write(self, path, feats):
-        from safetensors.torch import save
-        data = save({k: v.to(_DTYPES[self.disk_dtype]).contiguous().cpu() for k, v in feats.items()},
-                    metadata={'dtypes': ','.join(f'{k}:{str(v.dtype)}' for k, v in feats.items())})
-        with atomic_write(path) as f: f.write(data)
-        self.disk_writes += 1
-
-    def _read(self, path):
-        if not path.exists(): return None
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-        try: data = load(path.read_bytes())
-        except (SafetensorError, OSError, ValueError) as e:
-            warnings.warn(f"embedding cache: unreadable file {path} ({e}); recomputing and overwriting it")
-            path.unlink(missing_ok=True)
-            return None
-        return {k: v.to(torch.float32).to(self.device) for k, v in data.items()}
-
     def clear(self, disk:bool=False): # also delete the disk tier's files
         "Empty the memory tier (and the disk tier if `disk`)."
         self._mem.clear(); self._bytes = 0
-        if disk and self.disk_dir is not None:
-            for p in self.disk_dir.glob('*/*.safetensors'): p.unlink()
+        if disk and self.store is not None: self.store.clear()
 
     def drop(self, pred): # key -> True for the entries to remove
         "Remove the memory-tier entries whose key satisfies `pred` (e.g. embeddings of weights that changed)."
         for k in [k for k in self._mem if pred(k)]: self._bytes -= _nbytes(self._mem.pop(k))
 
     def __len__(self): return len(self._mem)
-    def __contains__(self, key): return key in self._mem or (self.disk_dir is not None and self._path(key).exists())
+    def __contains__(self, key): return key in self._mem or (self.store is not None and key in self.store)
 
     def info(self) -> dict:
         "Counters and sizes: hits, disk_hits, misses, evictions, disk_writes, items, bytes, max_bytes, max_items."
         return dict(hits=self.hits, disk_hits=self.disk_hits, misses=self.misses, evictions=self.evictions,
-                    disk_writes=self.disk_writes, items=len(self._mem), bytes=self._bytes,
+                    disk_writes=self.disk_writes, disk_evictions=self.store.evictions if self.store is not None else 0,
+                    items=len(self._mem), bytes=self._bytes,
                     max_bytes=self.max_bytes, max_items=self.max_items,
                     disk_dir=str(self.disk_dir) if self.disk_dir else None)
 

@@ -335,7 +335,7 @@ class _Items(torch.utils.data.Dataset):
         s = self.ds[int(i)]
         if self.augment is None: return s
         img, m = self.augment(s.image, s.mask, np.random.default_rng([self.seed, e, int(i)]))
-        return Sample(s.id, img, m, s.meta)
+        return Sample(s.id, img, m, {**s.meta, 'augmented': True})   # new pixels: not for the embedding store
 
 class _MicroBatches:
     "Batch sampler: micro-batches `start`..`stop` - 1 of the endless epoch sequence, as lists of (epoch, index)."
