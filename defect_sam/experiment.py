@@ -1016,7 +1016,7 @@ def _run(cfg:ExperimentConfig, progress:bool, phase) -> ExperimentResult:
             try: remove_result(eid, table)   # the row may have gone in before the failure
             except Exception: pass
         raise
-    if nproc > 1: wait_for_everyone()   # the other ranks return once rank 0's files are written
+    if process_rank()[1] > 1: wait_for_everyone()   # the other ranks return once rank 0's files are written
     return ExperimentResult(row, test, val, run_dir, cfg)
 
 def _versions() -> dict:
