@@ -610,7 +610,7 @@ def plot_qualitative(results_dir:str|Path, exp_ids:list|None=None, # runs to sho
         x0 = _crop_start([gt] + [p for p in preds if p is not None], cw)
         crop = lambda a: a[:, x0:x0 + cw]
         axes[i, 0].imshow(crop(overlay_errors(s.image, gt, gt, palette=palette)))
-        axes[i, 0].set_ylabel(_short_id(iid) + (' (crop)' if cw < W else ''), fontsize=7)
+        axes[i, 0].set_ylabel(_short_id(Path(iid).stem, 11), fontsize=7)   # short enough to stay beside its own row
         for j, ((r, rd), pred) in enumerate(zip(runs, preds)):
             ax = axes[i, j + 1]
             if pred is None: ax.text(0.5, 0.5, 'no saved\nprediction', ha='center', va='center', transform=ax.transAxes, fontsize=7); continue
@@ -624,7 +624,8 @@ def plot_qualitative(results_dir:str|Path, exp_ids:list|None=None, # runs to sho
             for sp in ax.spines.values(): sp.set_visible(False)
             if i == 0: ax.set_title('ground truth' if j == 0 else labels[j - 1], fontsize=7.5)
     fig.legend(handles=error_legend(palette), loc='outside lower center', ncol=3, fontsize=7, frameon=False,
-               title='errors (ground truth in the TP colour; number: IoU of the image)', title_fontsize=7)
+               title='errors (ground truth in the TP colour; number: IoU of the image)' +
+                     ('; strips cropped to 2:1 around the defects' if cw < W else ''), title_fontsize=7)
     tab = pd.DataFrame({'exp_id': [r.exp_id for r, _ in runs], 'short_label': labels, 'label': [r['label'] for r, _ in runs]})
     return ReportFigure(name, save_report_figure(fig, name, out_dir or Path(results_dir)/'figures'), tab.assign(images=' '.join(image_ids)))
 
