@@ -14,7 +14,7 @@ from torch import nn
 
 from .core import ConfigError, DataError, preserve_rng, write_json_atomic
 from .models import Segmenter, TrainableSegmenter, TrainOutput, eval_mode
-from .transforms import letterbox
+from .baselines import normalized_letterbox
 
 # %% auto #0
 __all__ = ['image_labels', 'GateClassifier', 'build_gate', 'image_scores', 'calibrate_gate', 'GatedSegmenter', 'GateDecision',
@@ -83,15 +83,8 @@ class GateClassifier(TrainableSegmenter):
 
 # %% ../nbs/33_gate.ipynb #3514d3ac
 def _gate_input(self:GateClassifier, image:np.ndarray) -> torch.Tensor:
-    "One letterboxed, normalised 3xH'xW' tensor (padding 0 after normalisation)."
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"image must be an HxWx3 uint8 array, got {getattr(image, 'shape', type(image))} {getattr(image, 'dtype', '')}")
-    img, _, info = letterbox(image, None, self.img_size, pad_to=self.pad_to)
-    h, w = info.resized_shape
-    x = torch.zeros((3,) + info.padded_shape, dtype=torch.float32)
-    t = torch.from_numpy(np.ascontiguousarray(img[:h, :w])).permute(2, 0, 1).float().div_(255)
-    x[:, :h, :w] = (t - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
-    return x
+    "One letterboxed, normalised 3xH'xW' tensor (padding 0 after normalisation), as the U-Nets' input."
+    return normalized_letterbox(image, None, self.img_size, self.pad_to, self.mean, self.std)[0]
 
 def _stack(xs:list) -> torch.Tensor:
     "Pad CxHxW tensors to the largest and stack them."
