@@ -16,7 +16,7 @@ the sam2 loss); with every object standing out from what it covers by a luminanc
 reached 0.795 (lr 3e-4) and 0.791 (lr 1e-3). The proxy the benchmarks use keeps that rule with a wider range
 (0.15-0.7) and stronger textures, and trains longer.
 
-    python tools/pretrain_proxy.py --steps 3000             # the proxy the benchmarks use (cached; ~55 min on 2 cores)
+    python tools/pretrain_proxy.py --steps 3000             # the proxy the benchmarks use (cached; 48 min, one torch thread)
     python tools/pretrain_proxy.py --minutes 2 --out /tmp/p  # a weak proxy for a quick check
 
 The run resumes when interrupted (same --out and options): the plan (steps from the time budget, measured once) is
