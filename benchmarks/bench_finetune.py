@@ -124,6 +124,8 @@ def main():
     ap.add_argument('--synthetic-train', type=int, default=64)
     ap.add_argument('--study-data', default='neu', help='dataset of the loss and click studies; none: skip them')
     ap.add_argument('--study-steps', type=int, default=None, help='steps of each study run (default: --steps)')
+    ap.add_argument('--study-method', default='LoRA encoder_decoder', choices=list(METHODS), help='what the study runs train')
+    ap.add_argument('--studies', nargs='+', default=['spearman', 'clicks'], choices=['spearman', 'clicks'])
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--out', type=Path, default=Path('bench_finetune_out'))
@@ -165,25 +167,28 @@ def main():
     if a.study_data != 'none':
         tr, te = data.get(a.study_data) or datasets(a.data, [a.study_data], a.synthetic_train)[a.study_data]
         sa = argparse.Namespace(**{**vars(a), 'steps': a.study_steps or a.steps})
-        (reg, kw), lr = METHODS['LoRA encoder_decoder'], a.lora_lr
-        rank = {}
-        for loss in ('dice_focal', 'sam2'):
-            m = build(reg, proxy, sa, **kw)
-            fit(m, tr, sa, a.out/'runs'/f'study-loss-{loss}', 'box', lr, loss=loss)
-            rank[loss] = iou_ranking(m, te, a.seed)
-        rank['proxy zero-shot'] = iou_ranking(build('sam2_zeroshot', proxy, sa), te, a.seed)
-        print(f"\npredicted vs true IoU, Spearman over {rank['sam2'][1]} box prompts of {a.study_data} test: " +
-              ', '.join(f"{k} {v[0]:.3f}" for k, v in rank.items()))
+        reg, kw = METHODS[a.study_method]
+        lr = a.full_lr if reg == 'sam2_full' else a.lora_lr
+        if 'spearman' in a.studies:
+            rank = {}
+            for loss in ('dice_focal', 'sam2'):
+                m = build(reg, proxy, sa, **kw)
+                fit(m, tr, sa, a.out/'runs'/f'study-loss-{loss}', 'box', lr, loss=loss)
+                rank[loss] = iou_ranking(m, te, a.seed)
+            rank['proxy zero-shot'] = iou_ranking(build('sam2_zeroshot', proxy, sa), te, a.seed)
+            print(f"\npredicted vs true IoU, Spearman over {rank['sam2'][1]} box prompts of {a.study_data} test: " +
+                  ', '.join(f"{k} {v[0]:.3f}" for k, v in rank.items()))
+            summary |= dict(spearman={k: v[0] for k, v in rank.items()}, spearman_n=rank['sam2'][1])
         curves = {}
-        for k in (0, 3):
+        for k in ((0, 3) if 'clicks' in a.studies else ()):
             m = build(reg, proxy, sa, **kw)
             fit(m, tr, sa, a.out/'runs'/f'study-clicks-{k}', 'box', lr, correction_iters=k)
             curves[f'correction_iters={k}'] = correction_study(m, te, start='box', k=5)[1]
-        cv = pd.DataFrame(curves).T
-        print(f"IoU per corrective click (box start), {a.study_data} test, LoRA encoder_decoder trained with box prompts:")
-        print(markdown(cv))
-        summary |= dict(spearman={k: v[0] for k, v in rank.items()}, spearman_n=rank['sam2'][1],
-                        click_curves={k: v.tolist() for k, v in curves.items()})
+        if curves:
+            cv = pd.DataFrame(curves).T
+            print(f"IoU per corrective click (box start), {a.study_data} test, {a.study_method} trained with box prompts:")
+            print(markdown(cv))
+            summary |= dict(click_curves={k: v.tolist() for k, v in curves.items()})
     write_json_atomic(a.out/'summary.json', summary)
     print(f"written: {a.out/'table.csv'}, {a.out/'summary.json'}")
 
