@@ -132,7 +132,7 @@ def main():
             if n % a.batch_size: raise SystemExit(f'N={n} must be a multiple of the batch size {a.batch_size}')
             data = load_dataset('synthetic', n_images=n, seed=0, height=a.height, width=W, binary=True)
             ls, eps, es, bs, steps, ws, m = run(data, a, f'{d}/s{n}', Ks, disk_cache=f'{d}/store{n}', disk_cache_dtype='float32')
-            lu, epu, eu, bu, steps_u, wu, _ = run(data, a, f'{d}/u{n}', Kr)
+            lu, epu, eu, bu, _, wu, _ = run(data, a, f'{d}/u{n}', Kr)
             same = all(torch.equal(ws[k], wu[k]) for k in ws) if Ks == Kr else None
             e = bu['fetch'] / eu                                   # encoder seconds per image (re-encoding run)
             fetch_read = bs.get('fetch (read)', 0.0) / max(bs.get('reads', 0), 1)   # a step's read of stored features (no encoder call)
@@ -141,7 +141,7 @@ def main():
                   else (ls - bs['fetch']) / steps + fetch_read)    # else estimated from the timers
             ts = ls if Ks == E else eps[0] + (E - 1) * float(np.mean(eps[1:]))
             tu = lu if Kr == E else E * float(np.mean(epu))
-            S = E * (n // a.batch_size)
+            S = E * per
             lim = S * (d_ + a.batch_size * e) / (S * d_ + n * e)
             x = '' if (Ks == E and Kr == E) else ' (extrapolated)'
             print(f"N={n}: {S} steps over {E} epochs")
