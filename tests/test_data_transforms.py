@@ -119,9 +119,12 @@ def test_yolo_labels_match_components(m, binary):
 @pytest.fixture(scope='module')
 def splits(tmp_path_factory):
     import os
+    old = os.environ.get('DEFECT_SAM_CACHE')
     os.environ['DEFECT_SAM_CACHE'] = str(tmp_path_factory.mktemp('cache'))
     ds = load_dataset('synthetic', n_images=24, seed=4, height=64, width=256)
-    return split_dataset(ds, (0.5, 0.25, 0.25), seed=0)
+    yield split_dataset(ds, (0.5, 0.25, 0.25), seed=0)
+    if old is None: os.environ.pop('DEFECT_SAM_CACHE', None)    # the cache folder does not leak into later modules
+    else: os.environ['DEFECT_SAM_CACHE'] = old
 
 
 @pytest.mark.parametrize('task,binary', [('detect', True), ('segment', False)])

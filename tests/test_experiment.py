@@ -3,6 +3,7 @@ appends and header changes, failed runs leave no row, re-runs replace their row,
 import json
 import multiprocessing as mp
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -111,7 +112,8 @@ def test_torn_table_is_an_error_not_a_silent_reset(tmp_path):
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
     d = tmp_path_factory.mktemp('results')
-    return run_experiment({**TINY, 'results_dir': str(d), 'threshold': 'val'}, progress=False), d
+    yield run_experiment({**TINY, 'results_dir': str(d), 'threshold': 'val'}, progress=False), d
+    shutil.rmtree(d, ignore_errors=True)                # its checkpoints are hundreds of MB: not kept to the session's end
 
 
 def test_run_writes_everything(tiny_run):

@@ -2,6 +2,7 @@
 images the gate calls defect-free (tiny CPU settings: random weights, 2 steps, a 12-image synthetic set)."""
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,8 @@ def _h(im): return hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest()
 @pytest.fixture(scope='module')
 def gate_run(tmp_path_factory):
     d = tmp_path_factory.mktemp('gate')
-    return run_experiment({**BASE, 'model': 'gate', 'threshold': 'val', 'results_dir': str(d)}, progress=False), d
+    yield run_experiment({**BASE, 'model': 'gate', 'threshold': 'val', 'results_dir': str(d)}, progress=False), d
+    shutil.rmtree(d, ignore_errors=True)                # its checkpoints are hundreds of MB: not kept to the session's end
 
 
 def test_gate_run_row(gate_run):

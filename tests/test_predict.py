@@ -2,6 +2,7 @@
 strips): the ONNX graph matches the run's PyTorch model, predict writes masks and a Severstal submission from an exp_id
 and from the ONNX file, and a broken image is named while the others are written."""
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,8 @@ def unet_run(tmp_path_factory):
     test = experiment_data(res.config)['test']
     for s in test: cv2.imwrite(str(imgs/f'{s.id}.png'), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
     (imgs/'broken.jpg').write_bytes(b'\x00not a jpeg')
-    return res, d, imgs, test
+    yield res, d, imgs, test
+    shutil.rmtree(d, ignore_errors=True)                # its checkpoints are hundreds of MB: not kept to the session's end
 
 
 def test_export_matches_the_run_model(unet_run):

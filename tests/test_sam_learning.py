@@ -13,6 +13,7 @@ other contrast, other background; the base's zero-shot mIoU there is poor) and m
 A broken adapter path, prompt simulation (training prompts that do not match evaluation's) or adapter save/load fails
 here. Numbers from this testbed are tiny random-init numbers, not SAM2 quality.
 """
+import shutil
 import time
 
 import cv2
@@ -96,7 +97,8 @@ def base(tmp_path_factory):
     torch.save({'model': {k: v.detach().cpu() for k, v in seg.model.state_dict().items()}}, ck)
     zs = build_sam2(None, weights=str(ck), image_size=SIZE, device='cpu')        # strict load of the official format
     preds = [zs.predict(s.image, boxes=_box(s)) for s in B_TEST.subset(B_TEST.ids[:3])]
-    return dict(path=ck, a_before=before, a_after=_miou(zs, A_TEST), loss=loss, b_zero_shot=_miou(zs, B_TEST), preds=preds)
+    yield dict(path=ck, a_before=before, a_after=_miou(zs, A_TEST), loss=loss, b_zero_shot=_miou(zs, B_TEST), preds=preds)
+    shutil.rmtree(d, ignore_errors=True)                # its checkpoints are hundreds of MB: not kept to the session's end
 
 
 def test_base_learned_set_a(base):

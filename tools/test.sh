@@ -7,6 +7,20 @@ cd "$(dirname "$0")/.."
 # Tests never touch the network: model hubs, ultralytics and matplotlib run offline.
 export HF_HUB_OFFLINE=1 YOLO_OFFLINE=1 MPLBACKEND=Agg
 
+# Everything the notebooks and tests write goes to one scratch folder, removed when this command ends
+# (DEFECT_SAM_KEEP_TMP=1 keeps it after a failure, for a look at the failed tests' folders).
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/defect-sam-test.XXXXXX")
+cleanup() {
+    status=$?
+    if [ "$status" -ne 0 ] && [ "${DEFECT_SAM_KEEP_TMP:-0}" = 1 ]; then
+        echo "kept the test scratch folder: $scratch" >&2
+    else
+        rm -rf "$scratch"
+    fi
+}
+trap cleanup EXIT
+export TMPDIR="$scratch"
+
 snapshot() { git diff --no-ext-diff --binary HEAD -- . 2>/dev/null | sha1sum; git ls-files --others --exclude-standard | sha1sum; }
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     before=$(snapshot)
@@ -24,4 +38,4 @@ else
 fi
 
 nbdev_test --n_workers 2 --timing
-python -m pytest -q "$@"
+python -m pytest -q --basetemp="$scratch/pytest" "$@"
