@@ -16,11 +16,11 @@ from torch import nn
 
 from .core import ConfigError, DataError, Sample, preserve_rng, torch_save_atomic
 from .models import TrainableSegmenter, TrainOutput, load_state_dict_strict, eval_mode
-from .transforms import letterbox, unletterbox
+from .transforms import letterbox, normalized_letterbox, unletterbox
 from .yolo import network_available
 
 # %% auto #0
-__all__ = ['SMP_ARCHS', 'resolve_encoder_weights', 'DeepSupervisedUnet', 'SmpSegmenter', 'normalized_letterbox', 'build_smp']
+__all__ = ['SMP_ARCHS', 'resolve_encoder_weights', 'DeepSupervisedUnet', 'SmpSegmenter', 'build_smp']
 
 # %% ../nbs/31_baselines.ipynb #1d191edc
 def _hub_host() -> str:
@@ -164,22 +164,6 @@ class SmpSegmenter(TrainableSegmenter):
                 f"encoder_weights={self.encoder_weights!r}, img_size={self.img_size})")
 
 # %% ../nbs/31_baselines.ipynb #1b1ebc52
-def normalized_letterbox(image:np.ndarray, # HxWx3 uint8
-                         mask:np.ndarray|None, # HxW class index, letterboxed with the image (or None)
-                         img_size:tuple, # (H, W) box
-                         pad_to:int, # pad to multiples of this
-                         mean:tuple, std:tuple, # per-channel normalisation of [0, 1] pixels
-                        ) -> tuple: # (3xH'xW' float tensor, mask, LetterboxInfo)
-    "Letterboxed, normalised CxHxW float tensor (padding 0 after normalisation), its mask and the LetterboxInfo (U-Nets, the gate)."
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"image must be an HxWx3 uint8 array, got {getattr(image, 'shape', type(image))} {getattr(image, 'dtype', '')}")
-    img, m, info = letterbox(image, mask, img_size, pad_to=pad_to)
-    h, w = info.resized_shape
-    x = torch.zeros((3,) + info.padded_shape, dtype=torch.float32)
-    t = torch.from_numpy(np.ascontiguousarray(img[:h, :w])).permute(2, 0, 1).float().div_(255)
-    x[:, :h, :w] = (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return x, m, info
-
 @patch
 def _letterbox(self:SmpSegmenter, image:np.ndarray, mask:np.ndarray|None=None):
     "Letterboxed normalised CxHxW float tensor (padding 0), its mask, and the LetterboxInfo."

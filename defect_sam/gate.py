@@ -14,7 +14,7 @@ from torch import nn
 
 from .core import ConfigError, DataError, preserve_rng, write_json_atomic
 from .models import Segmenter, TrainableSegmenter, TrainOutput, eval_mode
-from .baselines import normalized_letterbox
+from .transforms import normalized_letterbox
 
 # %% auto #0
 __all__ = ['image_labels', 'GateClassifier', 'build_gate', 'image_scores', 'calibrate_gate', 'GatedSegmenter', 'GateDecision',

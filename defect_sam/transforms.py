@@ -21,8 +21,8 @@ from .core import ConfigError, DataError, DefectDataset, Sample, params_hash
 from .formats import _save_sample_image, atomic_dir
 
 # %% auto #0
-__all__ = ['elastic_maps', 'Augment', 'LetterboxInfo', 'letterbox_info', 'letterbox', 'unletterbox', 'yolo_boxes',
-           'yolo_polygons', 'export_yolo']
+__all__ = ['elastic_maps', 'Augment', 'LetterboxInfo', 'letterbox_info', 'letterbox', 'unletterbox', 'normalized_letterbox',
+           'yolo_boxes', 'yolo_polygons', 'export_yolo']
 
 # %% ../nbs/06_transforms.ipynb #27fc63b6
 def _rng(rng) -> np.random.Generator:
@@ -145,6 +145,24 @@ def unletterbox(x:np.ndarray, # HxW or CxHxW map at the letterboxed size (spatia
     work = flat.astype(np.float32) if dt == np.float64 or dt == bool else flat
     out = np.stack([cv2.resize(np.ascontiguousarray(c), (W, H), interpolation=mode) for c in work])
     return out.reshape(x.shape[:-2] + (H, W)).astype(dt, copy=False)
+
+# %% ../nbs/06_transforms.ipynb #25b04a0a
+def normalized_letterbox(image:np.ndarray, # HxWx3 uint8
+                         mask:np.ndarray|None, # HxW class index, letterboxed with the image (or None)
+                         img_size:tuple, # (H, W) box
+                         pad_to:int|None, # pad only to multiples of this (None: to img_size)
+                         mean:tuple, std:tuple, # per-channel normalisation of [0, 1] pixels
+                        ) -> tuple: # (3xH'xW' float tensor, mask, LetterboxInfo)
+    "Letterboxed, normalised 3xH'xW' float tensor (padding 0 after normalisation), its mask and the LetterboxInfo (U-Nets, the gate)."
+    import torch
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"image must be an HxWx3 uint8 array, got {getattr(image, 'shape', type(image))} {getattr(image, 'dtype', '')}")
+    img, m, info = letterbox(image, mask, img_size, pad_to=pad_to)
+    h, w = info.resized_shape
+    x = torch.zeros((3,) + info.padded_shape, dtype=torch.float32)
+    t = torch.from_numpy(np.ascontiguousarray(img[:h, :w])).permute(2, 0, 1).float().div_(255)
+    x[:, :h, :w] = (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return x, m, info
 
 # %% ../nbs/06_transforms.ipynb #0c76ef4c
 def _components(mask:np.ndarray, binary:bool):
