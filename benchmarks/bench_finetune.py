@@ -36,6 +36,7 @@ import torch
 from defect_sam.core import cache_dir, write_json_atomic
 from defect_sam.data import load_dataset
 from defect_sam.evaluate import evaluate
+from defect_sam.metrics import confusion_counts, iou_score
 from defect_sam.models import build_model
 from defect_sam.prompts import make_prompts
 from defect_sam.sam_correction import correction_study
@@ -104,9 +105,7 @@ def iou_ranking(model, data, seed):
         t, _ = prompt_targets(s.mask, p)
         o = model.predict_prompts(s.image, boxes=p.boxes)
         for prob, iou, tg in zip(o['probs'], o['iou'], t > 0):
-            m = prob >= 0.5
-            u = (m | tg).sum()
-            pred.append(float(iou)); true.append(float((m & tg).sum() / u) if u else 1.0)
+            pred.append(float(iou)); true.append(float(iou_score(*confusion_counts(prob >= 0.5, tg)[0])))
     return float(pd.Series(pred).corr(pd.Series(true), method='spearman')), len(pred)
 
 
