@@ -44,9 +44,9 @@ def make(root:Path, n:int, seed:int=0):
 
 def child(n:int, root:Path):
     import psutil
-    from defect_sam.data import load_dataset
-    from defect_sam.evaluate import evaluate
-    from defect_sam.models import Segmenter
+    from defect_sam.data.load import load_dataset
+    from defect_sam.evaluation.evaluate import evaluate
+    from defect_sam.models.base import Segmenter
     class Cheap(Segmenter):
         name = 'cheap'
         def predict(self, image, **kw): return (image[..., 0].astype(np.float32) / 255) ** 4

@@ -33,15 +33,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from defect_sam.core import cache_dir, write_json_atomic
-from defect_sam.data import load_dataset
-from defect_sam.evaluate import evaluate
-from defect_sam.metrics import confusion_counts, iou_score
-from defect_sam.models import build_model
-from defect_sam.prompts import make_prompts
-from defect_sam.sam_correction import correction_study
-from defect_sam.sam_train import prompt_targets
-from defect_sam.train import TrainConfig, train
+from defect_sam.core.io import cache_dir, write_json_atomic
+from defect_sam.data.load import load_dataset
+from defect_sam.evaluation.evaluate import evaluate
+from defect_sam.evaluation.metrics import confusion_counts, iou_score
+from defect_sam.models.registry import build_model
+from defect_sam.evaluation.prompts import make_prompts
+from defect_sam.models.sam.correction import correction_study
+from defect_sam.models.sam.objective import prompt_targets
+from defect_sam.training.loop import TrainConfig, train
 
 METHODS = {'LoRA decoder': ('sam2_lora', dict(lora_strategy='decoder', lora_rank=16, lora_alpha=32)),
            'LoRA encoder_decoder': ('sam2_lora', dict(lora_strategy='encoder_decoder', lora_rank=16, lora_alpha=32)),

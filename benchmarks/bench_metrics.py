@@ -17,8 +17,7 @@ import time
 import cv2
 import numpy as np
 
-from defect_sam.metrics import (MemoryMonitor, MetricAccumulator, ThresholdCalibrator, confusion_counts,
-                                prob_histogram, skeleton_counts)
+from defect_sam.evaluation.metrics import MemoryMonitor, MetricAccumulator, ThresholdCalibrator, confusion_counts, prob_histogram, skeleton_counts
 
 
 def synthetic_triple(rng, H, W, C=4):

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from defect_sam.data import rle_decode, rle_encode
-from defect_sam.synthetic import synth_strip
+from defect_sam.data.rle import rle_decode, rle_encode
+from defect_sam.data.synthetic import synth_strip
 
 H, W = 256, 1600
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from defect_sam.sam import SamSegmenter
-from defect_sam.synthetic import synth_strip
+from defect_sam.models.sam.inference import SamSegmenter
+from defect_sam.data.synthetic import synth_strip
 
 
 def strips(n, seed=0):

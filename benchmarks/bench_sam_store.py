@@ -4,7 +4,7 @@ per-step time breakdown, and the float16 store's effect on predictions.
 
 For each N: SAM2.1 (random weights: timing does not depend on weight values) with the memory tier off
 (`cache_bytes=0`, the case of a training set the memory tier cannot hold, e.g. 200 Severstal strips at 1024 px),
-trained through `defect_sam.train.train` for E epochs without augmentation:
+trained through `defect_sam.training.loop.train` for E epochs without augmentation:
 
 - store: a fresh float32 `EmbeddingStore`; the encoder runs in the first epoch only, later epochs read the files;
 - re-encode: no cache; the encoder runs on every image of every step.
@@ -44,11 +44,11 @@ import time
 import numpy as np
 import torch
 
-import defect_sam.sam as sam
-import defect_sam.train as tr
-from defect_sam.data import load_dataset
-from defect_sam.evaluate import evaluate
-from defect_sam.models import build_model
+import defect_sam.models.sam.inference as sam
+import defect_sam.training.loop as tr
+from defect_sam.data.load import load_dataset
+from defect_sam.evaluation.evaluate import evaluate
+from defect_sam.models.registry import build_model
 
 T = collections.defaultdict(float)
 

@@ -20,10 +20,11 @@ import cv2
 import numpy as np
 import torch
 
-from defect_sam.data import load_dataset
-from defect_sam.metrics import confusion_counts, iou_score
-from defect_sam.prompts import boxes_from_mask
-from defect_sam.sam import SamSegmenter, lowres_oracle_iou
+from defect_sam.data.load import load_dataset
+from defect_sam.evaluation.metrics import confusion_counts, iou_score
+from defect_sam.evaluation.prompts import boxes_from_mask
+from defect_sam.models.sam.inference import SamSegmenter
+from defect_sam.models.sam.tiling import lowres_oracle_iou
 
 GEOMETRIES = {'resize': None, 'tile 256/32': dict(tile=256, overlap=32), 'tile 512/64': dict(tile=512, overlap=64)}
 

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import psutil
 
-from defect_sam.data import fewshot_subsets, load_dataset, split_dataset
+from defect_sam.data.splits import fewshot_subsets, split_dataset
+from defect_sam.data.load import load_dataset
 
 H, W = 256, 1600
 

@@ -1,4 +1,4 @@
-"""Decoder-only LoRA training of SAM2 through `defect_sam.train.train`, with the embedding cache vs without.
+"""Decoder-only LoRA training of SAM2 through `defect_sam.training.loop.train`, with the embedding cache vs without.
 
 The same N synthetic strips for E epochs (no augmentation, so every epoch shows the encoder the same images), SAM2.1
 with random weights (timing does not depend on the weight values), LoRA `decoder` strategy (frozen encoder):
@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from defect_sam.data import load_dataset
-from defect_sam.models import build_model
-from defect_sam.train import TrainConfig, read_checkpoint, train
+from defect_sam.data.load import load_dataset
+from defect_sam.models.registry import build_model
+from defect_sam.training.loop import TrainConfig, read_checkpoint, train
 
 
 def run(data, a, out, **model_kw):

@@ -15,7 +15,7 @@ import time
 
 import pandas as pd
 
-from defect_sam.experiment import run_experiment
+from defect_sam.experiments.run import run_experiment
 
 
 def main():

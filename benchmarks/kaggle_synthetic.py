@@ -66,9 +66,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from defect_sam.experiment import run_experiment
-from defect_sam.submission import score_submission, submission_from_run
-from defect_sam.synthetic import make_synthetic
+from defect_sam.experiments.run import run_experiment
+from defect_sam.outputs.submission import score_submission, submission_from_run
+from defect_sam.data.synthetic import make_synthetic
 
 TTA = ['hflip', 'vflip']
 CLASS = dict(threshold='val_per_class:kaggle_dice', postprocess='min_area_val')   # per-class thresholds and minimum areas, on val

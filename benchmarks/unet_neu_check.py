@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from defect_sam.data import load_dataset
-from defect_sam.evaluate import evaluate
-from defect_sam.models import build_model
-from defect_sam.train import TrainConfig, train
+from defect_sam.data.load import load_dataset
+from defect_sam.evaluation.evaluate import evaluate
+from defect_sam.models.registry import build_model
+from defect_sam.training.loop import TrainConfig, train
 
 
 def main():

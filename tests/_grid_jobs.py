@@ -11,9 +11,10 @@ from pathlib import Path
 
 
 def counted_run(cfg):
-    import defect_sam.models as models
-    from defect_sam.experiment import checkpoint_dir, run_experiment
-    from defect_sam.train import read_checkpoint
+    import defect_sam.models.base as models
+    from defect_sam.experiments.model import checkpoint_dir
+    from defect_sam.experiments.run import run_experiment
+    from defect_sam.training.loop import read_checkpoint
     last = checkpoint_dir(cfg)/'last.torch'
     start = read_checkpoint(last)['step'] if last.exists() else 0
     line = json.dumps({'exp_id': cfg.exp_id, 'pid': os.getpid(), 'start_step': start,

@@ -3,9 +3,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from defect_sam.core import DefectDataset, Sample
-from defect_sam.data import load_dataset, split_dataset
-from defect_sam.models import TrainableSegmenter, TrainOutput
+from defect_sam.data.sample import DefectDataset, Sample
+from defect_sam.data.load import load_dataset
+from defect_sam.data.splits import split_dataset
+from defect_sam.models.base import TrainableSegmenter, TrainOutput
 
 
 class _Net(nn.Module):
@@ -85,6 +86,6 @@ def make_model(kind):
     "'tiny' (TinySeg) or 'sam_lora' (SAM2.1 tiny, random weights, image_size 64, decoder LoRA rank 4)."
     if kind == 'tiny': return TinySeg()
     if kind == 'sam_lora':
-        from defect_sam.models import build_model
+        from defect_sam.models.registry import build_model
         return build_model('sam2_lora', weights='random', image_size=64, lora_rank=4)
     raise ValueError(kind)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from defect_sam.baselines import SmpSegmenter, build_smp, resolve_encoder_weights
-from defect_sam.core import ConfigError, DataError
-from defect_sam.models import build_model
+from defect_sam.models.unet import SmpSegmenter, build_smp, resolve_encoder_weights
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.models.registry import build_model
 
 
 @pytest.fixture
@@ -153,7 +153,8 @@ def test_bad_parameters():
 
 
 def _splits(n=8, binary=True):
-    from defect_sam.data import load_dataset, split_dataset
+    from defect_sam.data.load import load_dataset
+    from defect_sam.data.splits import split_dataset
     ds = load_dataset('synthetic', n_images=n, seed=0, height=64, width=256, binary=binary)
     return split_dataset(ds, (0.5, 0.25, 0.25), seed=0)
 
@@ -161,7 +162,7 @@ def _splits(n=8, binary=True):
 @pytest.mark.parametrize('name', ['unet', 'unet_r50', 'unetpp', 'dsc_unet'])
 def test_train_through_the_shared_loop(tmp_path, monkeypatch, name):
     "Every registered U-Net trains a couple of steps with the one loop; DSC-UNet's aux loss is there, the others' is 0."
-    from defect_sam.train import TrainConfig, train
+    from defect_sam.training.loop import TrainConfig, train
     monkeypatch.setenv('DEFECT_SAM_CACHE', str(tmp_path/'cache'))
     sp = _splits()
     m = build_model(name, encoder_weights=None, img_size=(64, 128))
@@ -181,8 +182,8 @@ def test_train_through_the_shared_loop(tmp_path, monkeypatch, name):
 
 
 def test_four_class_unet_trains_and_predicts_per_class(tmp_path, monkeypatch):
-    from defect_sam.evaluate import evaluate
-    from defect_sam.train import TrainConfig, train
+    from defect_sam.evaluation.evaluate import evaluate
+    from defect_sam.training.loop import TrainConfig, train
     monkeypatch.setenv('DEFECT_SAM_CACHE', str(tmp_path/'cache'))
     sp = _splits(binary=False)
     m = _small(num_classes=4, img_size=(64, 128))

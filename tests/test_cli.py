@@ -6,7 +6,8 @@ from pathlib import Path
 import yaml
 
 from defect_sam.cli import main
-from defect_sam.experiment import config_fields, read_results
+from defect_sam.experiments.config import config_fields
+from defect_sam.experiments.table import read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ['--model', 'sam2_zeroshot', '--weights', 'random', '--sam2-image-size', '64', '--device', 'cpu', '--n-figures', '0',

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from defect_sam.core import DataError
-from defect_sam.data import load_dataset, read_image, read_mask
-from defect_sam.formats import SkippedSamplesWarning
+from defect_sam.core.errors import DataError
+from defect_sam.data.load import load_dataset
+from defect_sam.data.formats import read_image, read_mask
+from defect_sam.data.formats import SkippedSamplesWarning
 
 BAD = Path(__file__).resolve().parent/'bad_inputs'
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from defect_sam.core import DataError
-from defect_sam.data import DownloadError, download_severstal, kaggle_credentials, load_dataset, write_severstal
+from defect_sam.core.errors import DataError
+from defect_sam.data.load import DownloadError, download_severstal, kaggle_credentials, load_dataset
+from defect_sam.data.formats import write_severstal
 
 
 @pytest.fixture(autouse=True)

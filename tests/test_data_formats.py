@@ -10,9 +10,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from defect_sam.core import ConfigError, DataError, DefectDataset, Sample
-from defect_sam.data import (DATASETS, load_dataset, read_mask, write_severstal, write_supervisely)
-from defect_sam.supervisely import mask_to_bitmap
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.data.sample import DefectDataset, Sample
+from defect_sam.data.load import DATASETS, load_dataset
+from defect_sam.data.formats import read_mask, write_severstal
+from defect_sam.data.supervisely import write_supervisely
+from defect_sam.data.supervisely import mask_to_bitmap
 
 CLASSES = ['background', 'pits', 'scratches', 'patches', 'areas']
 

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from defect_sam.core import DataError
-from defect_sam.data import rle_decode, rle_encode
-from defect_sam.rle import mask_to_rles, parse_rle, rles_to_mask
+from defect_sam.core.errors import DataError
+from defect_sam.data.rle import rle_decode, rle_encode
+from defect_sam.data.rle import mask_to_rles, parse_rle, rles_to_mask
 
 shapes = st.tuples(st.integers(1, 40), st.integers(1, 40))
 

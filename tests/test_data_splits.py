@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from defect_sam.core import ConfigError, DataError, DefectDataset, Sample
-from defect_sam.data import SPLITS, fewshot_order, fewshot_subset, fewshot_subsets, ids_hash, split_dataset, stratify
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.data.sample import DefectDataset, Sample
+from defect_sam.data.splits import SPLITS, fewshot_order, fewshot_subset, fewshot_subsets, ids_hash, split_dataset, stratify
 
 COMBOS = [frozenset(), frozenset({3}), frozenset({1}), frozenset({4}), frozenset({2}), frozenset({3, 4}), frozenset({1, 3}),
           frozenset({1, 2, 3}), frozenset({2, 4})]
@@ -139,7 +140,7 @@ def test_fewshot_too_large_and_manifest(tmp_path):
 
 def test_splits_of_real_loader_keep_samples_readable(tmp_path, monkeypatch):
     monkeypatch.setenv('DEFECT_SAM_CACHE', str(tmp_path))
-    from defect_sam.data import load_dataset
+    from defect_sam.data.load import load_dataset
     ds = load_dataset('synthetic', n_images=30, seed=2, height=32, width=96)
     sp = split_dataset(ds, seed=1, manifest_dir=tmp_path/'m')
     s = sp['test'][0]

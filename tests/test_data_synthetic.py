@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import defect_sam.synthetic as syn
-from defect_sam.core import ConfigError, DataError
-from defect_sam.data import load_dataset, write_supervisely
-from defect_sam.synthetic import load_synthetic, make_synthetic, synth_plan
+import defect_sam.data.synthetic as syn
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.data.load import load_dataset
+from defect_sam.data.supervisely import write_supervisely
+from defect_sam.data.synthetic import load_synthetic, make_synthetic, synth_plan
 
 
 @pytest.fixture(autouse=True)

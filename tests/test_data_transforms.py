@@ -8,9 +8,10 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 from skimage.measure import label, regionprops
 
-from defect_sam.core import ConfigError
-from defect_sam.data import load_dataset, split_dataset
-from defect_sam.transforms import Augment, export_yolo, letterbox, letterbox_info, unletterbox, yolo_boxes, yolo_polygons
+from defect_sam.core.errors import ConfigError
+from defect_sam.data.load import load_dataset
+from defect_sam.data.splits import split_dataset
+from defect_sam.data.transforms import Augment, export_yolo, letterbox, letterbox_info, unletterbox, yolo_boxes, yolo_polygons
 
 
 @st.composite

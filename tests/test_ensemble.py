@@ -1,6 +1,6 @@
 """`defect-sam ensemble`: two tiny finished runs averaged through the command line; refusals exit 2 with the reason."""
 from defect_sam.cli import main
-from defect_sam.experiment import read_results
+from defect_sam.experiments.table import read_results
 
 TINY = ['--model', 'sam2_zeroshot', '--weights', 'random', '--sam2-image-size', '64', '--device', 'cpu', '--n-figures', '0',
         '--dataset-options', '{n_images: 8, height: 32, width: 64}', '--split', '[0.5, 0.25, 0.25]', '--class-aware']

@@ -1,4 +1,4 @@
-"""End-to-end tests of defect_sam.evaluate with toy Segmenters on synthetic DefectDatasets (and real samples when present)."""
+"""End-to-end tests of defect_sam.evaluation.evaluate with toy Segmenters on synthetic DefectDatasets (and real samples when present)."""
 import hashlib
 from pathlib import Path
 
@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from defect_sam.core import ConfigError, DataError, DefectDataset, Sample
-from defect_sam.evaluate import (EvalResult, calibrate, calibrate_saved, evaluate, evaluate_saved, iter_predictions,
-                                 load_probabilities)
-from defect_sam.metrics import CALIBRATION_METRICS, SUMMARY_KEYS
-from defect_sam.models import Segmenter
-from defect_sam.prompts import Prompts, boxes_from_mask
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.data.sample import DefectDataset, Sample
+from defect_sam.evaluation.evaluate import EvalResult, calibrate, calibrate_saved, evaluate, evaluate_saved, iter_predictions, load_probabilities
+from defect_sam.evaluation.metrics import CALIBRATION_METRICS, SUMMARY_KEYS
+from defect_sam.models.base import Segmenter
+from defect_sam.evaluation.prompts import Prompts, boxes_from_mask
 
 
 def synthetic_dataset(n=8, H=32, W=96, n_classes=2, seed=0, ids=None, name='synthetic'):

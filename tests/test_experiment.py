@@ -10,9 +10,11 @@ import nbformat
 import pandas as pd
 import pytest
 
-from defect_sam.core import ConfigError, DataError
-from defect_sam.experiment import (RESULT_COLUMNS, ExperimentConfig, append_result, config_fields, experiment_data,
-                                   manifest_dir, parameters_source, read_results, run_experiment, run_status)
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.experiments.table import RESULT_COLUMNS, append_result, read_results
+from defect_sam.experiments.config import ExperimentConfig, config_fields, parameters_source
+from defect_sam.experiments.data import experiment_data, manifest_dir
+from defect_sam.experiments.run import run_experiment, run_status
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT/'nbs'/'run_experiment.ipynb'
@@ -146,7 +148,7 @@ def test_split_manifest_shared_across_models(tiny_run):
 
 def test_failed_run_leaves_no_partial_row(tiny_run, monkeypatch, tmp_path):
     "A run failing late (during the test evaluation) writes FAILED.json and no row; other rows are untouched."
-    import defect_sam.experiment as ex
+    import defect_sam.experiments.scoring as ex
     res, d = tiny_run
     before = read_results(d)
     calls = {'n': 0}
@@ -170,7 +172,7 @@ def test_failed_run_leaves_no_partial_row(tiny_run, monkeypatch, tmp_path):
 
 def test_failure_after_the_append_removes_the_row(tiny_run, monkeypatch):
     "If writing done.json fails after the row went in, the row is taken out again."
-    import defect_sam.experiment as ex
+    import defect_sam.experiments.run as ex
     res, d = tiny_run
     real = ex.write_json_atomic
     def no_done(path, obj, *a, **k):
@@ -209,8 +211,8 @@ def test_separate_test_set(shared_data, tmp_path):
 def test_offline_pretrained_weights_stop_with_the_sam2_message(tmp_path, monkeypatch):
     "weights='auto' without the checkpoint and without network: the SAM2 layer's message, no row, FAILED.json."
     import urllib.error
-    import defect_sam.sam as sam
-    from defect_sam.sam import WeightsUnavailableError
+    import defect_sam.models.sam.weights as sam
+    from defect_sam.models.sam.weights import WeightsUnavailableError
     monkeypatch.setenv('DEFECT_SAM_SAM2_DIR', str(tmp_path/'weights'))
     def offline(url, *a, **k): raise urllib.error.URLError('network is unreachable')
     monkeypatch.setattr(sam, 'download_file', offline)
@@ -233,7 +235,7 @@ def test_yolo_detector_prompts_sam2(tmp_path):
     assert sam.test.extras['prompt_source'] == 'yolo_det' and sam.row['exp_id'].split('-')[2] == 'box'
     assert sam.row['prompt_regime'] == 'automatic' and sam.row['detector_img_size'] == 64   # the size the detector trained at
     assert det.row['augment'] == 'fliplr=0.5,flipud=0.5'
-    from defect_sam.experiment import detector_source
+    from defect_sam.experiments.model import detector_source
     assert detector_source(ExperimentConfig(**{**base, 'prompt_source': det.row['exp_id'], 'detector_img_size': 96}))[2:] == (96, 'detector_img_size')
     ckpt = str(tmp_path/det.row['ckpt_path'])
     assert detector_source(ExperimentConfig(**{**base, 'prompt_source': ckpt}))[2] == 64   # from the checkpoint's train_args
@@ -301,8 +303,8 @@ def test_prompt_free_row_image_level_matches_a_direct_count(tmp_path):
 
 def test_prompt_kwargs_reach_training_validation_and_test(tmp_path, monkeypatch):
     "One prompt_kwargs: the training prompt simulation, validation during training, the threshold calibration and test."
-    import defect_sam.evaluate as ev
-    import defect_sam.sam as sam
+    import defect_sam.evaluation.evaluate as ev
+    import defect_sam.models.sam.inference as sam
     seen = {'train': [], 'eval': []}
     sim, mk = sam.simulate_prompts, ev.make_prompts
     def spy_sim(mask, rng, **kw): seen['train'].append((kw['n_neg'], kw['neg_ring'])); return sim(mask, rng, **kw)

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from defect_sam.experiment import (ExperimentConfig, build_experiment_model, experiment_data, read_results, run_experiment,
-                                   validate_and_test)
-from defect_sam.train import load_checkpoint, read_checkpoint
+from defect_sam.experiments.config import ExperimentConfig
+from defect_sam.experiments.model import build_experiment_model
+from defect_sam.experiments.data import experiment_data
+from defect_sam.experiments.table import read_results
+from defect_sam.experiments.run import run_experiment
+from defect_sam.experiments.scoring import validate_and_test
+from defect_sam.training.loop import load_checkpoint, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = dict(model='unet', weights='random', img_size=64, device='cpu', n_figures=1, steps=4, batch_size=2,

@@ -8,7 +8,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from defect_sam.experiment import RESULT_COLUMNS, THESIS_COLUMNS, read_results
+from defect_sam.experiments.table import RESULT_COLUMNS, THESIS_COLUMNS, read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = dict(weights='random', sam2_image_size=64, img_size=64, device='cpu', n_figures=1, steps=2, batch_size=2,
@@ -30,7 +30,7 @@ AUGMENT = {'sam2_lora': 'hflip=0.5,vflip=0.5', 'unet': 'hflip=0.5,vflip=0.5', 'y
 @pytest.mark.parametrize('model', list(FAMILIES))
 def test_papermill_run_writes_a_complete_row(model, tmp_path):
     import papermill as pm
-    if model in ('unet', 'yolo_seg'): pytest.importorskip({'unet': 'defect_sam.baselines', 'yolo_seg': 'defect_sam.yolo'}[model])
+    if model in ('unet', 'yolo_seg'): pytest.importorskip({'unet': 'defect_sam.models.unet', 'yolo_seg': 'defect_sam.models.yolo'}[model])
     params = {**BASE, **FAMILIES[model], 'model': model, 'results_dir': str(tmp_path)}
     out = tmp_path/'out.ipynb'
     pm.execute_notebook(str(ROOT/'nbs'/'run_experiment.ipynb'), str(out), parameters=params, progress_bar=False, cwd=str(tmp_path))

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from defect_sam.report import build_report, plot_qualitative
-from defect_sam.viz import MIN_PRINT_PT, PRINT_WIDTH_CM, print_font_sizes
+from defect_sam.outputs.report import build_report, plot_qualitative
+from defect_sam.evaluation.figures import MIN_PRINT_PT, PRINT_WIDTH_CM, print_font_sizes
 
 
 @pytest.fixture
@@ -65,10 +65,10 @@ def test_report_figures_are_legible_at_16_cm(tmp_path, measured):
 
 
 def test_qualitative_grid_is_legible_with_short_labels_and_one_legend(tmp_path, measured):
-    from defect_sam.explore import demo_results
+    from defect_sam.outputs.explore import demo_results
     d = demo_results(tmp_path/'results')
     measured.clear()          # the runs' own figures are not report figures
-    from defect_sam.experiment import read_results
+    from defect_sam.experiments.table import read_results
     f = plot_qualitative(d, list(read_results(d).exp_id), n_images=3, palette='cb')
     assert f.ok, f.message
     assert sorted(f.table.short_label) == ['U-Net t=0.3', 'U-Net t=0.5']

@@ -8,8 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from defect_sam.core import ConfigError
-from defect_sam.experiment import ExperimentConfig, experiment_data, read_results, run_experiment
+from defect_sam.core.errors import ConfigError
+from defect_sam.experiments.config import ExperimentConfig
+from defect_sam.experiments.data import experiment_data
+from defect_sam.experiments.table import read_results
+from defect_sam.experiments.run import run_experiment
 
 BASE = dict(weights='random', img_size=64, device='cpu', n_figures=0, steps=2, batch_size=2,
             dataset_options={'n_images': 12, 'height': 32, 'width': 128}, split=[0.5, 0.25, 0.25])
@@ -41,8 +44,9 @@ def test_gate_run_row(gate_run):
 
 
 def test_gated_run_never_calls_the_segmenter_on_gated_images(gate_run, monkeypatch):
-    from defect_sam.baselines import SmpSegmenter
-    from defect_sam.gate import dataset_image_probs, load_gate_run
+    from defect_sam.models.unet import SmpSegmenter
+    from defect_sam.models.gate import dataset_image_probs
+    from defect_sam.experiments.gating import load_gate_run
     g, d = gate_run
     gid = g.row['exp_id']
     cfg = ExperimentConfig(**{**BASE, 'model': 'unet', 'gate': gid, 'results_dir': str(d)})
@@ -70,7 +74,7 @@ def test_gated_run_never_calls_the_segmenter_on_gated_images(gate_run, monkeypat
     assert u.test.extras['model']['gate']['n_gated'] >= len(clean)
     # defect-sam predict applies the run's gate: the images it calls clean get empty masks, and predict.json records it
     import cv2
-    from defect_sam.predict import load_predictor, predict_folder
+    from defect_sam.outputs.predict import load_predictor, predict_folder
     imgs = d/'gated_images'; imgs.mkdir(exist_ok=True)
     for s in test: cv2.imwrite(str(imgs/f'{s.id}.png'), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
     seen.clear()
@@ -96,7 +100,7 @@ def test_gate_from_another_split_is_refused(gate_run):
 
 def test_thesis_grid_gates_its_gate_sweep_run():
     from pathlib import Path
-    from defect_sam.grid import expand_grid
+    from defect_sam.experiments.grid import expand_grid
     runs = expand_grid(Path(__file__).resolve().parent.parent/'grids'/'thesis.yaml')
     gate = [r for r in runs if r.sweep == 'gate']
     gated = [r for r in runs if r.sweep == 'gated']
@@ -107,7 +111,7 @@ def test_thesis_grid_gates_its_gate_sweep_run():
 
 
 def test_report_keeps_gated_runs_apart_from_their_twins():
-    from defect_sam.report import config_key, run_label
+    from defect_sam.outputs.report import config_key, run_label
     row = dict(dataset='synthetic', model='unet', variant='scratch', weights='random', lr=1e-3, threshold_from='val:mIoU', gate=None)
     gated = dict(row, gate='gate-synthetic-full-s42-12345678')
     assert config_key(row) != config_key(gated)   # not pooled as seeds of one configuration
@@ -115,6 +119,6 @@ def test_report_keeps_gated_runs_apart_from_their_twins():
 
 
 def test_gate_runs_are_in_no_segmentation_ranking():
-    from defect_sam.report import in_ranking
+    from defect_sam.outputs.report import in_ranking
     df = pd.DataFrame({'model': ['unet', 'gate', 'sam2_lora'], 'prompt_regime': ['none', 'none', 'oracle']})
     assert in_ranking(df, 'deployable').model.tolist() == ['unet'] and in_ranking(df, 'oracle').model.tolist() == ['sam2_lora']

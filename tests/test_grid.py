@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from defect_sam.core import ConfigError
-from defect_sam.experiment import read_results, run_status
-from defect_sam.grid import expand_grid, grid_status, run_grid
+from defect_sam.core.errors import ConfigError
+from defect_sam.experiments.table import read_results
+from defect_sam.experiments.run import run_status
+from defect_sam.experiments.grid import expand_grid, grid_status
+from defect_sam.experiments.launch import run_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(model='sam2_zeroshot', weights='random', sam2_image_size=64, device='cpu', n_figures=0,
@@ -98,19 +100,20 @@ def test_partial_run_is_run_again(tmp_path):
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     "A run killed (SIGKILL) during training is 'partial'; the grid runs it again and training resumes from `last`."
     import subprocess, sys
-    import defect_sam.train as tr
-    from defect_sam.experiment import ExperimentConfig, checkpoint_dir
+    import defect_sam.training.loop as tr
+    from defect_sam.experiments.config import ExperimentConfig
+    from defect_sam.experiments.model import checkpoint_dir
     cfg = dict(TINY, model='sam2_lora', steps=10, batch_size=2, lora_rank=4, results_dir=str(tmp_path),
                train_options={'ckpt_every': 4, 'val_every': 10})
     script = (
         "import os, signal\n"
-        "import defect_sam.sam as sam\n"
+        "import defect_sam.models.sam.inference as sam\n"
         "orig, n = sam.SamSegmenter.after_optimizer_step, [0]\n"
         "def step(self):\n"
         "    orig(self); n[0] += 1\n"
         "    if n[0] == 6: os.kill(os.getpid(), signal.SIGKILL)   # killed after step 6; last.torch holds step 4\n"
         "sam.SamSegmenter.after_optimizer_step = step\n"
-        "from defect_sam.experiment import run_experiment\n"
+        "from defect_sam.experiments.run import run_experiment\n"
         f"run_experiment({cfg!r}, progress=False)\n")
     r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
     assert r.returncode == -9, r.stderr[-2000:]

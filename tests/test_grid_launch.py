@@ -8,11 +8,15 @@ import pandas as pd
 import pytest
 
 from _grid_jobs import counted_run, markers
-from defect_sam.core import ConfigError
-from defect_sam.experiment import RESULT_COLUMNS, ExperimentConfig, checkpoint_dir, read_results, run_status
-from defect_sam.grid import expand_grid, run_grid
-from defect_sam.launch import GridWorker, launcher_config, run_lock, sbatch_preview
-from defect_sam.train import read_checkpoint
+from defect_sam.core.errors import ConfigError
+from defect_sam.experiments.table import RESULT_COLUMNS, read_results
+from defect_sam.experiments.config import ExperimentConfig
+from defect_sam.experiments.model import checkpoint_dir
+from defect_sam.experiments.run import run_status
+from defect_sam.experiments.grid import expand_grid
+from defect_sam.experiments.launch import run_grid
+from defect_sam.experiments.launch import GridWorker, launcher_config, run_lock, sbatch_preview
+from defect_sam.training.loop import read_checkpoint
 
 HERE = Path(__file__).parent
 UNET = dict(model='unet', weights='random', img_size=64, device='cpu', n_figures=0, steps=4, batch_size=2,

@@ -1,4 +1,4 @@
-"""defect_sam.metrics checked against independent references: scikit-learn, scikit-image, scipy and plain loops."""
+"""defect_sam.evaluation.metrics checked against independent references: scikit-learn, scikit-image, scipy and plain loops."""
 import gc
 import math
 import weakref
@@ -11,11 +11,8 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 from sklearn import metrics as skm
 
-from defect_sam.core import ConfigError, DataError
-from defect_sam.metrics import (CALIBRATION_METRICS, SUMMARY_KEYS, MetricAccumulator, ThresholdCalibrator,
-                                average_precision_from_histogram, calibrate_threshold, confusion_counts, dice_score,
-                                evaluate_masks, f1_score, iou_score, prob_histogram, skeleton_counts, skeleton_scores,
-                                skeletonize_mask, threshold_probs)
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.evaluation.metrics import CALIBRATION_METRICS, SUMMARY_KEYS, MetricAccumulator, ThresholdCalibrator, average_precision_from_histogram, calibrate_threshold, confusion_counts, dice_score, evaluate_masks, f1_score, iou_score, prob_histogram, skeleton_counts, skeleton_scores, skeletonize_mask, threshold_probs
 
 shapes = st.tuples(st.integers(1, 12), st.integers(1, 12))
 
@@ -256,7 +253,7 @@ def test_memory_monitor_and_timer_use_cuda_when_torch_has_a_gpu(monkeypatch):
     "The CUDA wiring, with a stand-in torch module (CI has no GPU): peak reset on entry, read on results, synced timer."
     import sys
     from types import SimpleNamespace
-    from defect_sam.metrics import MemoryMonitor, Timer
+    from defect_sam.evaluation.metrics import MemoryMonitor, Timer
     calls = []
     cuda = SimpleNamespace(is_available=lambda: True, reset_peak_memory_stats=lambda: calls.append('reset'),
                            max_memory_allocated=lambda: 3 * 2**20, synchronize=lambda: calls.append('sync'))

@@ -5,10 +5,13 @@ import json
 import pandas as pd
 import pytest
 
-from defect_sam.core import ConfigError
-from defect_sam.evaluate import evaluate_saved
-from defect_sam.experiment import ExperimentConfig, experiment_data, read_results, run_experiment
-from defect_sam.perclass import ClassPostProcess
+from defect_sam.core.errors import ConfigError
+from defect_sam.evaluation.evaluate import evaluate_saved
+from defect_sam.experiments.config import ExperimentConfig
+from defect_sam.experiments.data import experiment_data
+from defect_sam.experiments.table import read_results
+from defect_sam.experiments.run import run_experiment
+from defect_sam.evaluation.perclass import ClassPostProcess
 
 TINY = dict(model='sam2_zeroshot', weights='random', sam2_image_size=64, device='cpu', n_figures=0,
             dataset_options={'n_images': 12, 'height': 32, 'width': 128}, split=[0.5, 0.25, 0.25])

@@ -1,13 +1,13 @@
-"""defect_sam.postprocess: morphological properties, references from scipy, spec round trips, class-index masks, CRF."""
+"""defect_sam.evaluation.postprocess: morphological properties, references from scipy, spec round trips, class-index masks, CRF."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from defect_sam.core import ConfigError, DataError
-from defect_sam.metrics import threshold_probs
-from defect_sam.postprocess import PostProcess, closing, dense_crf, fill_holes, opening, remove_small
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.evaluation.metrics import threshold_probs
+from defect_sam.evaluation.postprocess import PostProcess, closing, dense_crf, fill_holes, opening, remove_small
 
 masks = arrays(np.bool_, st.tuples(st.integers(1, 24), st.integers(1, 24)))
 

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from defect_sam.cli import main
-from defect_sam.experiment import experiment_data, run_experiment
-from defect_sam.rle import rle_decode
+from defect_sam.experiments.data import experiment_data
+from defect_sam.experiments.run import run_experiment
+from defect_sam.data.rle import rle_decode
 
 BASE = dict(model='unet', weights='random', img_size=64, device='cpu', n_figures=0, steps=2, batch_size=2, class_aware=True,
             dataset_options={'n_images': 12, 'height': 32, 'width': 128}, split=[0.5, 0.25, 0.25])
@@ -31,7 +32,7 @@ def unet_run(tmp_path_factory):
 
 
 def test_export_matches_the_run_model(unet_run):
-    from defect_sam.export import OnnxUnet, load_run_model
+    from defect_sam.outputs.export import OnnxUnet, load_run_model
     res, d, _, test = unet_run
     assert main(['export', res.row['exp_id'], '--results-dir', str(d), '--format', 'onnx']) == 0
     f = res.run_dir/'export'/'model.onnx'
@@ -42,7 +43,7 @@ def test_export_matches_the_run_model(unet_run):
         a, b = model.predict(im), o.predict(im)
         assert a.shape == b.shape == (4,) + im.shape[:2] and np.abs(a - b).max() <= 1e-3
     # the rebuilt model reproduces the run's saved test probabilities (8-bit)
-    from defect_sam.evaluate import load_probabilities
+    from defect_sam.evaluation.evaluate import load_probabilities
     s = test[0]
     saved = load_probabilities(res.run_dir/'test'/'predictions'/f'{s.id}.prob.npz')
     assert np.abs(model.predict(s.image) - saved).max() <= 1 / 255 + 1e-6

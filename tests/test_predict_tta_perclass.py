@@ -6,10 +6,11 @@ import cv2
 import numpy as np
 
 from defect_sam.cli import main
-from defect_sam.ensemble import postprocess_from_dict
-from defect_sam.evaluate import load_probabilities, quantize
-from defect_sam.experiment import experiment_data, run_experiment
-from defect_sam.predict import load_predictor
+from defect_sam.evaluation.perclass import postprocess_from_dict
+from defect_sam.evaluation.evaluate import load_probabilities, quantize
+from defect_sam.experiments.data import experiment_data
+from defect_sam.experiments.run import run_experiment
+from defect_sam.outputs.predict import load_predictor
 
 BASE = dict(model='unet', weights='random', img_size=64, device='cpu', n_figures=0, steps=2, batch_size=2, class_aware=True,
             dataset_options={'n_images': 12, 'height': 32, 'width': 128}, split=[0.5, 0.25, 0.25],

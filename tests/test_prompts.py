@@ -1,13 +1,12 @@
-"""Property tests of defect_sam.prompts against independent references (scipy labelling, brute-force geometry)."""
+"""Property tests of defect_sam.evaluation.prompts against independent references (scipy labelling, brute-force geometry)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from defect_sam.core import ConfigError, DataError
-from defect_sam.prompts import (PROMPT_KINDS, Prompts, boxes_from_mask, full_image_box, grid_points, innermost_point,
-                                make_prompts, points_from_mask)
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.evaluation.prompts import PROMPT_KINDS, Prompts, boxes_from_mask, full_image_box, grid_points, innermost_point, make_prompts, points_from_mask
 
 masks = arrays(np.bool_, st.tuples(st.integers(1, 24), st.integers(1, 24)))
 class_masks = arrays(np.uint8, st.tuples(st.integers(1, 20), st.integers(1, 20)), elements=st.integers(0, 3))

@@ -7,10 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from defect_sam.experiment import run_experiment
-from defect_sam.report import (bootstrap, build_report, leaderboard, load_results, metric_values, paired_comparison,
-                               plot_data_efficiency, plot_leaderboard, plot_lora_vs_full, plot_metric_distributions,
-                               plot_paired, plot_prompt_comparison, plot_qualitative, plot_speed_accuracy)
+from defect_sam.experiments.run import run_experiment
+from defect_sam.outputs.report import bootstrap, build_report, leaderboard, load_results, metric_values, paired_comparison, plot_data_efficiency, plot_leaderboard, plot_lora_vs_full, plot_metric_distributions, plot_paired, plot_prompt_comparison, plot_qualitative, plot_speed_accuracy
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(model='sam2_zeroshot', weights='random', sam2_image_size=64, device='cpu', n_figures=0,

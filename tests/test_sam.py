@@ -11,15 +11,15 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from defect_sam import sam as S
-from defect_sam.core import ConfigError, DataError
-from defect_sam.models import build_model
+from defect_sam.models.sam import adapters, batching, inference, weights
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.models.registry import build_model
 
 R = 128
 
 
 def _seg(**kw):
-    return S.SamSegmenter('tiny', weights='random', image_size=R, **kw)
+    return inference.SamSegmenter('tiny', weights='random', image_size=R, **kw)
 
 
 @pytest.fixture(scope='session')
@@ -48,49 +48,49 @@ class Counter:
 def test_auto_offline_error_names_path_url_and_random(tmp_path, monkeypatch):
     monkeypatch.setenv('DEFECT_SAM_SAM2_DIR', str(tmp_path))
     url = 'http://127.0.0.1:9/sam2.1_hiera_tiny.pt'        # nothing listens there: refused at once, no network
-    monkeypatch.setitem(S.SAM2_CHECKPOINTS['tiny'], 'url', url)
-    with pytest.raises(S.WeightsUnavailableError) as e:
-        S.SamSegmenter('tiny', weights='auto', image_size=R)
+    monkeypatch.setitem(weights.SAM2_CHECKPOINTS['tiny'], 'url', url)
+    with pytest.raises(weights.WeightsUnavailableError) as e:
+        inference.SamSegmenter('tiny', weights='auto', image_size=R)
     msg = str(e.value)
     assert str(tmp_path / 'sam2.1_hiera_tiny.pt') in msg and url in msg and "weights='random'" in msg
     assert isinstance(e.value, ConfigError)
     assert list(tmp_path.iterdir()) == []                   # no partial file
-    with pytest.raises(S.WeightsUnavailableError, match='not found'):
-        S.SamSegmenter('tiny', weights='auto', image_size=R, download=False)
+    with pytest.raises(weights.WeightsUnavailableError, match='not found'):
+        inference.SamSegmenter('tiny', weights='auto', image_size=R, download=False)
 
 
 def _fake_official(tmp_path, monkeypatch):
     "A random tiny checkpoint posing as the official file (its hash patched into the table), served by file://."
-    sd = S.load_sam2('tiny', image_size=R, seed=3).state_dict()
+    sd = weights.load_sam2('tiny', image_size=R, seed=3).state_dict()
     src = tmp_path / 'server' / 'sam2.1_hiera_tiny.pt'; src.parent.mkdir()
     torch.save({'model': sd}, src)
     data = src.read_bytes()
     monkeypatch.setenv('DEFECT_SAM_SAM2_DIR', str(tmp_path / 'cache'))
     for k, v in dict(url=src.as_uri(), sha256=hashlib.sha256(data).hexdigest(), nbytes=len(data)).items():
-        monkeypatch.setitem(S.SAM2_CHECKPOINTS['tiny'], k, v)
+        monkeypatch.setitem(weights.SAM2_CHECKPOINTS['tiny'], k, v)
     return sd
 
 
 def test_auto_downloads_verifies_and_loads(tmp_path, monkeypatch):
     sd = _fake_official(tmp_path, monkeypatch)
-    seg = S.SamSegmenter('tiny', weights='auto', image_size=R)
+    seg = inference.SamSegmenter('tiny', weights='auto', image_size=R)
     assert (tmp_path / 'cache' / 'sam2.1_hiera_tiny.pt').exists()
     assert torch.equal(seg.model.no_mem_embed, sd['no_mem_embed'])
     i = seg.info()
-    assert (i['weights'], i['pretrained'], i['checkpoint_sha256']) == ('pretrained', True, S.SAM2_CHECKPOINTS['tiny']['sha256'])
+    assert (i['weights'], i['pretrained'], i['checkpoint_sha256']) == ('pretrained', True, weights.SAM2_CHECKPOINTS['tiny']['sha256'])
     # the cached file is re-verified on later loads: a damaged one is refused
     p = tmp_path / 'cache' / 'sam2.1_hiera_tiny.pt'
     p.write_bytes(p.read_bytes()[:-10] + b'0123456789')
     with pytest.raises(DataError, match='sha256'):
-        S.SamSegmenter('tiny', weights='auto', image_size=R)
+        inference.SamSegmenter('tiny', weights='auto', image_size=R)
     # ... but the same file as an explicit path loads (strictly by keys and shapes, no hash check)
-    assert S.SamSegmenter('tiny', weights=p, image_size=R).info()['weights'] == str(p)
+    assert inference.SamSegmenter('tiny', weights=p, image_size=R).info()['weights'] == str(p)
 
 
 def test_download_rejects_wrong_size_and_leaves_nothing(tmp_path):
     src = tmp_path / 'f.bin'; src.write_bytes(b'abc' * 100)
     with pytest.raises(DataError, match='expected 10'):
-        S.download_file(src.as_uri(), tmp_path / 'out' / 'f.bin', nbytes=10)
+        weights.download_file(src.as_uri(), tmp_path / 'out' / 'f.bin', nbytes=10)
     assert list((tmp_path / 'out').iterdir()) == []
 
 
@@ -99,12 +99,12 @@ def test_path_weights_strict(tmp_path, base):
     sd['image_encoder.trunk.blocks.0.attn.qkv.weight'] = torch.zeros(3, 3)
     torch.save({'model': sd}, tmp_path / 'bad.pt')
     with pytest.raises(DataError, match='shape mismatches.*qkv'):
-        S.SamSegmenter('tiny', weights=tmp_path / 'bad.pt', image_size=R)
+        inference.SamSegmenter('tiny', weights=tmp_path / 'bad.pt', image_size=R)
     (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
     with pytest.raises(DataError, match='not a readable torch checkpoint'):
-        S.SamSegmenter('tiny', weights=tmp_path / 'junk.pt', image_size=R)
+        inference.SamSegmenter('tiny', weights=tmp_path / 'junk.pt', image_size=R)
     with pytest.raises(DataError, match='no such'):
-        S.SamSegmenter('tiny', weights=tmp_path / 'none.pt', image_size=R)
+        inference.SamSegmenter('tiny', weights=tmp_path / 'none.pt', image_size=R)
 
 
 def test_same_model_as_sam2s_own_builder():
@@ -112,7 +112,7 @@ def test_same_model_as_sam2s_own_builder():
     from sam2.build_sam import build_sam2 as sam2_build
     torch.manual_seed(0)
     ref = sam2_build('configs/sam2.1/sam2.1_hiera_t.yaml', None, device='cpu', hydra_overrides_extra=[f'++model.image_size={R}'])
-    ours = S.load_sam2('tiny', image_size=R, seed=0)
+    ours = weights.load_sam2('tiny', image_size=R, seed=0)
     a, b = ref.state_dict(), ours.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     d0, d1 = ref.sam_mask_decoder, ours.sam_mask_decoder
@@ -166,7 +166,7 @@ def test_multimask_picks_best_by_predicted_iou(img):
     out = seg.predict_prompts(img, points=pts)
     e, hr = seg.module.image_features(seg._features([img])[0], 0)
     with torch.no_grad():
-        c = torch.as_tensor(S._to_model(pts.astype(np.float32), img.shape[:2], R))
+        c = torch.as_tensor(batching.to_model_coords(pts.astype(np.float32), img.shape[:2], R))
         low, iou = seg.module.decode(e, hr, c, torch.ones(2, 1, dtype=torch.int), None, True)
     assert low.shape[1] == 3
     best = iou.argmax(1)
@@ -211,7 +211,7 @@ def test_bad_inputs(base, img):
     with pytest.raises(DataError, match='only padding'): base.predict(img, points=[[[1, 1]]], labels=[[-1]])
     for kw in (dict(size='huge'), dict(weights=3), dict(image_size=100), dict(tiling=dict(tile=8)),
                dict(tiling=[256]), dict(encode_batch_size=0)):
-        with pytest.raises(ConfigError): S.SamSegmenter(**{'weights': 'random', **kw})
+        with pytest.raises(ConfigError): inference.SamSegmenter(**{'weights': 'random', **kw})
 
 
 # ---------------------------------------------------------------- cache
@@ -360,17 +360,17 @@ def test_tiled_overlap_blend(img):
 
 def test_lora_strategies_and_ranks():
     m = _seg().model
-    dec = S.lora_targets(m, 'decoder'); ed = S.lora_targets(m, 'encoder_decoder'); al = S.lora_targets(m, 'all')
+    dec = adapters.lora_targets(m, 'decoder'); ed = adapters.lora_targets(m, 'encoder_decoder'); al = adapters.lora_targets(m, 'all')
     assert all(n.startswith('sam_mask_decoder.transformer') for n in dec) and len(dec) == 28
     assert len([n for n in ed if n.startswith('image_encoder.trunk.blocks')]) == 24
     assert set(dec) < set(ed) < set(al)
     assert any(n.endswith('mlp.layers.0') and n.startswith('image_encoder') for n in al)
     assert any('output_hypernetworks_mlps' in n for n in al) and not any('memory' in n or 'obj_ptr' in n for n in al)
-    seg = _seg(); tuner = S.apply_lora(seg, 'decoder', rank=4)             # the module-level function on a segmenter
+    seg = _seg(); tuner = adapters.apply_lora(seg, 'decoder', rank=4)             # the module-level function on a segmenter
     assert seg.lora['rank'] == 4 and tuner.model is seg.model and seg.finetune == 'lora'
     counts = []
     for r in (4, 8, 16):
-        s = S.build_sam2('lora', weights='random', image_size=R, lora_rank=r)
+        s = inference.build_sam2('lora', weights='random', image_size=R, lora_rank=r)
         counts.append(s.param_counts()['trainable'])
         assert s.info()['params_trainable'] == counts[-1] and s.info()['lora']['rank'] == r
     assert counts[1] == 2 * counts[0] and counts[2] == 4 * counts[0]
@@ -384,7 +384,7 @@ def test_lora_roundtrip_merge_and_strictness(tmp_path, img):
     ref = s.predict(img, boxes=box)
     path = s.save_trainable(tmp_path / 'a.safetensors')
     assert path.stat().st_size < 2e6                                       # the adapter alone
-    fresh = S.build_sam2('lora', weights='random', image_size=R, trained=path)   # config read from the file
+    fresh = inference.build_sam2('lora', weights='random', image_size=R, trained=path)   # config read from the file
     assert fresh.lora == dict(strategy='all', rank=4, alpha=16, dropout=0.05, method='lora')
     np.testing.assert_allclose(fresh.predict(img, boxes=box), ref, atol=1e-5)
     zs = _seg(); zs.load_trainable(path)                                    # onto a zero-shot model
@@ -393,13 +393,13 @@ def test_lora_roundtrip_merge_and_strictness(tmp_path, img):
     np.testing.assert_allclose(zs.predict(img, boxes=box), ref, atol=1e-4)
     with pytest.raises(ConfigError, match='merged'): zs.save_trainable(tmp_path / 'b.safetensors')
     with pytest.raises(ConfigError, match='differ from the adapter'):
-        S.build_sam2('lora', weights='random', image_size=R, trained=path, lora_rank=8)
+        inference.build_sam2('lora', weights='random', image_size=R, trained=path, lora_rank=8)
     other = _seg(); other.apply_lora('decoder', rank=4)
     with pytest.raises(ConfigError, match="'strategy': 'all'"): other.load_trainable(path)
     as_small = _seg(); as_small.size = 'small'                               # (the size check runs before any loading)
     with pytest.raises(ConfigError, match='small'): as_small.load_trainable(path)
     # a tampered file (one tensor removed / one added) is refused by name
-    from defect_sam.sam_lora import read_trainable, write_trainable
+    from defect_sam.models.sam.adapters import read_trainable, write_trainable
     sd, meta = read_trainable(path)
     k0 = sorted(sd)[0]
     write_trainable(tmp_path / 'missing.safetensors', {k: v for k, v in sd.items() if k != k0}, meta)
@@ -413,15 +413,15 @@ def test_lora_roundtrip_merge_and_strictness(tmp_path, img):
 
 def test_full_finetune_roundtrip_and_strictness(tmp_path, img):
     box = np.array([[10, 10, 90, 60]])
-    s = S.build_sam2('full', weights='random', image_size=R, trainable=('prompt_encoder', 'mask_decoder'))
+    s = inference.build_sam2('full', weights='random', image_size=R, trainable=('prompt_encoder', 'mask_decoder'))
     assert s.encoder_frozen and s.trainable and s.info()['trainable_parts'] == ['prompt_encoder', 'mask_decoder']
     with torch.no_grad():
         for p in s.trainable_parameters(): p.add_(torch.randn_like(p) * 0.01)
     ref = s.predict(img, boxes=box)
     path = s.save_trainable(tmp_path / 'full.safetensors')
-    z = S.build_sam2(None, weights='random', image_size=R, trained=path)
+    z = inference.build_sam2(None, weights='random', image_size=R, trained=path)
     np.testing.assert_allclose(z.predict(img, boxes=box), ref, atol=1e-6)
-    from defect_sam.sam_lora import read_trainable, write_trainable
+    from defect_sam.models.sam.adapters import read_trainable, write_trainable
     sd, meta = read_trainable(path)
     write_trainable(tmp_path / 'bad.safetensors', {k: v for k, v in sd.items() if 'conv_s0' not in k}, meta)
     with pytest.raises(DataError, match='missing tensors.*conv_s0'): _seg().load_trainable(tmp_path / 'bad.safetensors')
@@ -447,7 +447,7 @@ def _fit(seg, img, gt, steps=6, lr=1e-3):
 def test_training_steps_reduce_loss(finetune):
     img = np.random.default_rng(3).integers(0, 255, (64, 128, 3), dtype=np.uint8)
     gt = torch.zeros(64, 128); gt[15:50, 20:100] = 1
-    seg = S.build_sam2(finetune, weights='random', image_size=R, **({'lora_rank': 4} if finetune == 'lora' else {}))
+    seg = inference.build_sam2(finetune, weights='random', image_size=R, **({'lora_rank': 4} if finetune == 'lora' else {}))
     assert seg.encoder_frozen == (finetune == 'lora')
     with Counter(seg) as c:
         losses = _fit(seg, img, gt, steps=4 if finetune == 'full' else 6, lr=1e-4 if finetune == 'full' else 1e-3)
@@ -458,14 +458,14 @@ def test_training_steps_reduce_loss(finetune):
 
 
 def test_forward_train_outputs(img):
-    seg = S.build_sam2('lora', weights='random', image_size=R, lora_rank=4)
+    seg = inference.build_sam2('lora', weights='random', image_size=R, lora_rank=4)
     ims = [img, img[:50, :70].copy()]
     ps = [dict(boxes=[[10, 10, 90, 60], [100, 20, 200, 80]]), dict(points=[[[20, 20]]])]
     full = seg.forward_train(ims, ps)
     assert [t.shape for t in full] == [(2, 96, 300), (1, 50, 70)] and all(t.requires_grad for t in full)
     low = seg.forward_train(ims, ps, low_res=True)
     assert [t.shape for t in low] == [(2, R // 4, R // 4), (1, R // 4, R // 4)]
-    torch.testing.assert_close(S.upsample_logits(low[0], (96, 300)), full[0])
+    torch.testing.assert_close(batching.upsample_logits(low[0], (96, 300)), full[0])
     mm = seg.forward_train(ims, ps, multimask_output=True, return_iou=True)
     assert mm[0][0].shape == (2, 3, 96, 300) and mm[0][1].shape == (2, 3)
     wrapped = torch.nn.DataParallel(seg.module)                             # a wrapper's forward is what runs
@@ -485,16 +485,16 @@ def test_registry_and_info():
     assert (i['model'], i['finetune'], i['pretrained'], i['weights']) == ('sam2_full', 'full', False, 'random')
     assert i['params_trainable'] == sum(p.numel() for p in m.model.sam_mask_decoder.parameters())
     assert i['params_total'] > i['params_image_path'] > i['params_trainable']
-    with pytest.raises(ConfigError, match='finetune'): S.build_sam2('partial', weights='random')
-    with pytest.raises(ConfigError, match="finetune='full'"): S.build_sam2(None, weights='random', trainable=('mask_decoder',))
+    with pytest.raises(ConfigError, match='finetune'): inference.build_sam2('partial', weights='random')
+    with pytest.raises(ConfigError, match="finetune='full'"): inference.build_sam2(None, weights='random', trainable=('mask_decoder',))
 
 
 # ---------------------------------------------------------------- the evaluator end to end
 
 @pytest.mark.parametrize('class_aware', [False, True])
 def test_evaluate_end_to_end(tmp_path, class_aware):
-    from defect_sam.data import load_dataset
-    from defect_sam.evaluate import evaluate
+    from defect_sam.data.load import load_dataset
+    from defect_sam.evaluation.evaluate import evaluate
     ds = load_dataset('synthetic', tmp_path / 'syn', n_images=6, seed=1, defect_fraction=0.7)
     m = build_model('sam2_zeroshot', weights='random', image_size=R)
     with Counter(m) as c:

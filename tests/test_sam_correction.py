@@ -2,9 +2,11 @@
 import numpy as np
 import pytest
 
-from defect_sam.core import ConfigError, DataError, Sample
-from defect_sam.sam import SamSegmenter, correction_curve, correction_study
-from defect_sam.sam_correction import next_click
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.data.sample import Sample
+from defect_sam.models.sam.inference import SamSegmenter
+from defect_sam.models.sam.correction import correction_curve, correction_study
+from defect_sam.models.sam.correction import next_click
 
 
 class Spy:

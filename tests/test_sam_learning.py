@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 import torch
 
-from defect_sam.core import DefectDataset, Sample
-from defect_sam.evaluate import evaluate
-from defect_sam.sam import build_sam2
-from defect_sam.sam_lora import LORA_STRATEGIES
-from defect_sam.train import TrainConfig, load_checkpoint, train
+from defect_sam.data.sample import DefectDataset, Sample
+from defect_sam.evaluation.evaluate import evaluate
+from defect_sam.models.sam.inference import build_sam2
+from defect_sam.models.sam.adapters import LORA_STRATEGIES
+from defect_sam.training.loop import TrainConfig, load_checkpoint, train
 
 SIZE = 64                                                   # SAM2's image_size and the toy images' side
 MARGIN = 0.2                                                # required held-out mIoU gain over the base's zero-shot (measured +0.32..+0.43)

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from defect_sam.core import ConfigError, DataError, Sample
-from defect_sam.experiment import ExperimentConfig, read_results, run_experiment
-from defect_sam.models import build_model
-from defect_sam.sam_lora import norm_targets
-from defect_sam.train import TrainConfig, sam2_losses, training_losses
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.data.sample import Sample
+from defect_sam.experiments.config import ExperimentConfig
+from defect_sam.experiments.table import read_results
+from defect_sam.experiments.run import run_experiment
+from defect_sam.models.registry import build_model
+from defect_sam.models.sam.adapters import norm_targets
+from defect_sam.training.loop import TrainConfig
+from defect_sam.training.losses import sam2_losses, training_losses
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(weights='random', sam2_image_size=64, device='cpu', n_figures=0, steps=2, batch_size=2, lr=1e-3,
@@ -59,7 +63,7 @@ def test_peft_method_counts_strict_roundtrip_and_refusals(method, tmp_path):
 
 
 def test_attn_mlp_is_between_encoder_decoder_and_all():
-    from defect_sam.sam_lora import lora_targets
+    from defect_sam.models.sam.adapters import lora_targets
     m = build_model('sam2_zeroshot', weights='random', image_size=64).model
     ed, am, al = (set(lora_targets(m, s)) for s in ('encoder_decoder', 'attn_mlp', 'all'))
     assert ed < am < al and any('mlp.layers' in n for n in am - ed)
@@ -72,7 +76,7 @@ def test_sam2_loss_keeps_the_min_loss_mask_and_trains_both_heads():
     out = s.forward_batch(_batch(), np.random.default_rng(0), s.module)
     assert [tuple(o['masks'].shape) for o in out.objects] == [(2, 3, 48, 80), (1, 3, 48, 80)]
     l = sam2_losses(out, return_best=True)
-    from defect_sam.train import _sam2_terms, SAM2_LOSS_WEIGHTS
+    from defect_sam.training.losses import _sam2_terms, SAM2_LOSS_WEIGHTS
     for o, best in zip(out.objects, l['best']):                       # the kept mask: lowest 20 x focal + dice
         single = [_sam2_terms(dict(o, masks=o['masks'][:, j:j + 1].detach(), iou=o['iou'][:, j:j + 1]), SAM2_LOSS_WEIGHTS, 0.25, 2.0)
                   for j in range(3)]
@@ -87,7 +91,7 @@ def test_sam2_loss_keeps_the_min_loss_mask_and_trains_both_heads():
 
 
 def test_min_loss_choice_against_brute_force():
-    from defect_sam.train import _sam2_terms, SAM2_LOSS_WEIGHTS
+    from defect_sam.training.losses import _sam2_terms, SAM2_LOSS_WEIGHTS
     g = torch.Generator().manual_seed(3)
     t = (torch.rand(4, 16, 16, generator=g) > 0.6).float()
     o = dict(masks=torch.randn(4, 3, 16, 16, generator=g), iou=torch.rand(4, 3, generator=g), object_score=torch.zeros(4, 1),
@@ -128,7 +132,7 @@ def test_refusals():
 
 
 def test_new_sweeps_expand():
-    from defect_sam.grid import expand_grid
+    from defect_sam.experiments.grid import expand_grid
     runs = [r for r in expand_grid(ROOT/'grids'/'thesis.yaml') if r.sweep.startswith('peft_')]
     got = {(r.config.peft_method, r.config.lora_strategy) for r in runs}
     assert {('lora', 'attn_mlp'), ('dora', 'attn_mlp'), ('dora', 'decoder'), ('layernorm', 'encoder_decoder'),
@@ -154,8 +158,9 @@ def test_experiment_rows(name, params, tmp_path):
     if params['model'] == 'sam2_unet':                                 # prompt-free, like the U-Nets
         assert res.row['prompt_type'] is None and res.row['sam2_size'] == 'tiny' and res.row['class_aware']
         assert res.row['variant'] == 'trunk_lora_r2' and res.row['weights'] == 'random'
-        from defect_sam.train import load_checkpoint
-        from defect_sam.experiment import build_experiment_model, experiment_data
+        from defect_sam.training.loop import load_checkpoint
+        from defect_sam.experiments.model import build_experiment_model
+        from defect_sam.experiments.data import experiment_data
         cfg = ExperimentConfig(**{**TINY, **params, 'results_dir': str(tmp_path)})
         m = build_experiment_model(cfg, experiment_data(cfg)['train'])
         load_checkpoint(m, tmp_path/res.row['ckpt_path'])               # the trained parts, strictly
@@ -187,7 +192,7 @@ def test_proxy_pretraining_writes_a_strict_checkpoint_and_caches(tmp_path, monke
     assert rec['steps'] == 1 and 0 <= rec['heldout_mIoU_after'] <= 1
     s = build_model('sam2_lora', weights=rec['checkpoint'], image_size=128)        # `weights=<path>` loads it strictly
     assert s.info()['weights'] == rec['checkpoint']
-    import defect_sam.train
-    monkeypatch.setattr(defect_sam.train, 'train', lambda *a, **k: pytest.fail('a cached proxy must not train again'))
+    import defect_sam.training.loop
+    monkeypatch.setattr(defect_sam.training.loop, 'train', lambda *a, **k: pytest.fail('a cached proxy must not train again'))
     assert tool.pretrain(tmp_path, 0.0, **kw) == rec
     with pytest.raises(ConfigError, match='other options'): tool.pretrain(tmp_path, 0.0, **{**kw, 'lr': 1e-3})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from defect_sam.sam_store import EmbeddingStore
+from defect_sam.models.sam.store import EmbeddingStore
 
 SHAPE = (1, 64, 32, 32)                       # 256 KiB of float32 per key
 KEYS = [f'post64-w-{k:02d}' for k in range(12)]
@@ -62,13 +62,13 @@ def test_store_files_are_whole_and_unreadable_ones_recomputed(tmp_path):
 
 
 def _sam_lora(**kw):
-    from defect_sam.sam import build_sam2
+    from defect_sam.models.sam.inference import build_sam2
     return build_sam2('lora', 'tiny', weights='random', image_size=64, lora_strategy='decoder', lora_rank=4, seed=0, **kw)
 
 
 def test_training_from_the_store_encodes_each_image_once_and_is_exact(tmp_path):
     from _train_toys import tiny_data
-    from defect_sam.train import TrainConfig, train
+    from defect_sam.training.loop import TrainConfig, train
     train_ds, _ = tiny_data(n=8, height=32, width=64)                  # 4 training images
     cfg = dict(steps=4, batch_size=2, lr=1e-2, val_every=None, progress=False, log_every=4, ckpt_every=4, augment=None)   # 2 epochs
     stored = _sam_lora(cache_bytes=0, disk_cache=tmp_path/'store', disk_cache_dtype='float32')

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from defect_sam.cli import main
-from defect_sam.experiment import run_experiment
-from defect_sam.submission import score_submission, submission_from_run
-from defect_sam.synthetic import make_synthetic
+from defect_sam.experiments.run import run_experiment
+from defect_sam.outputs.submission import score_submission, submission_from_run
+from defect_sam.data.synthetic import make_synthetic
 
 H, W = 32, 128
 

@@ -2,7 +2,7 @@
 model each, and the ensemble names its two members."""
 from pathlib import Path
 
-from defect_sam.grid import expand_grid
+from defect_sam.experiments.grid import expand_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 

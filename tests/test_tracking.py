@@ -13,9 +13,12 @@ import pytest
 mlflow = pytest.importorskip('mlflow')
 pytest.importorskip('tensorboard')
 
-from defect_sam.experiment import checkpoint_dir, read_results  # noqa: E402
-from defect_sam.grid import expand_grid, run_grid  # noqa: E402
-from defect_sam.tracking import PHASES, metric_name, tracking_uri  # noqa: E402
+from defect_sam.experiments.model import checkpoint_dir
+from defect_sam.experiments.table import read_results
+from defect_sam.experiments.grid import expand_grid
+from defect_sam.experiments.launch import run_grid
+from defect_sam.core.progress import PHASES
+from defect_sam.experiments.tracking import metric_name, tracking_uri
 
 TINY = dict(model='unet', weights='random', img_size=64, device='cpu', n_figures=1, steps=2, batch_size=2,
             dataset_options={'n_images': 12, 'height': 32, 'width': 64}, split=[0.5, 0.25, 0.25],
@@ -63,8 +66,8 @@ def test_grid_is_one_mlflow_experiment_with_rows_and_curves(tmp_path, monkeypatc
 
 def test_failed_run_is_marked_failed(tmp_path, monkeypatch):
     "Also: train_options: {log_with: mlflow} alone opens the run (the experiment's MLflow run, not Accelerate's own)."
-    from defect_sam.core import DataError
-    from defect_sam.experiment import run_experiment
+    from defect_sam.core.errors import DataError
+    from defect_sam.experiments.run import run_experiment
     monkeypatch.delenv('MLFLOW_TRACKING_URI', raising=False)
     with pytest.raises(DataError):
         run_experiment({**TINY, 'weights': str(tmp_path/'missing.pt'), 'results_dir': str(tmp_path),

@@ -10,11 +10,12 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from _train_toys import TinySeg, tiny_data, visible_data
-from defect_sam.core import ConfigError, DataError
-from defect_sam.evaluate import evaluate
-from defect_sam.models import TrainOutput, build_model
-from defect_sam.train import (TrainConfig, TrainingError, best_name, dice_loss, focal_loss, load_checkpoint, read_checkpoint,
-                              segmentation_losses, skeleton_loss, train)
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.evaluation.evaluate import evaluate
+from defect_sam.models.base import TrainOutput
+from defect_sam.models.registry import build_model
+from defect_sam.training.loop import TrainConfig, TrainingError, best_name, load_checkpoint, read_checkpoint, train
+from defect_sam.training.losses import dice_loss, focal_loss, segmentation_losses, skeleton_loss
 
 
 @pytest.fixture(scope='module')
@@ -199,7 +200,7 @@ def test_losses_ignore_invalid_pixels_and_stay_in_range(y, v, seed):
 
 def test_sam_training_reads_exact_float32_embeddings_despite_a_disk_cache(tmp_path):
     "A float16 disk tier serves inference; training reads the exact float32 memory tier (a resumed run must match)."
-    from defect_sam.sam import SamSegmenter
+    from defect_sam.models.sam.inference import SamSegmenter
     img = np.random.default_rng(0).integers(0, 255, (40, 90, 3), dtype=np.uint8)
     box = [dict(boxes=np.array([[5, 5, 60, 30]]))]
     SamSegmenter('tiny', weights='random', image_size=64, disk_cache=tmp_path).predict(img, **box[0])   # fills the disk

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from _train_toys import TinySeg, tiny_data
-from defect_sam.train import TrainConfig, epoch_batches, read_checkpoint, train
+from defect_sam.training.loop import TrainConfig, epoch_batches, read_checkpoint, train
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

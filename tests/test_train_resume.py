@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from defect_sam.train import read_checkpoint
+from defect_sam.training.loop import read_checkpoint
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

@@ -1,7 +1,8 @@
 """TTA in experiment runs: recorded in the row, part of the run's identity and inference key, not of its training key."""
 import json
 
-from defect_sam.experiment import ExperimentConfig, run_experiment
+from defect_sam.experiments.config import ExperimentConfig
+from defect_sam.experiments.run import run_experiment
 
 TINY = dict(model='sam2_zeroshot', weights='random', sam2_image_size=64, device='cpu', n_figures=0,
             dataset_options={'n_images': 8, 'height': 32, 'width': 64}, split=[0.5, 0.25, 0.25])
@@ -27,7 +28,7 @@ def test_tta_run_records_it(tmp_path):
 def _manual_mean(model, image, prompts, flips):
     "The mean of the model's un-flipped outputs on the flipped image and prompts, written out."
     import numpy as np
-    from defect_sam.tta import flip_image, flip_probs, flip_prompt_kwargs
+    from defect_sam.models.tta import flip_image, flip_probs, flip_prompt_kwargs
     outs = [flip_probs(model.predict(flip_image(image, h, v), **(flip_prompt_kwargs(prompts, image.shape, h, v) or {})), h, v)
             for h, v in flips]
     return np.mean(outs, 0)
@@ -36,10 +37,10 @@ def _manual_mean(model, image, prompts, flips):
 def test_tta_wraps_the_real_models():
     "TTA over a real U-Net (letterboxed, CxHxW) and a real SAM2 (box prompts): the mean of the flipped passes, batched or not."
     import numpy as np
-    from defect_sam.baselines import SmpSegmenter
-    from defect_sam.models import build_model
-    from defect_sam.prompts import make_prompts
-    from defect_sam.tta import TTASegmenter, tta_transforms
+    from defect_sam.models.unet import SmpSegmenter
+    from defect_sam.models.registry import build_model
+    from defect_sam.evaluation.prompts import make_prompts
+    from defect_sam.models.tta import TTASegmenter, tta_transforms
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (40, 100, 3), dtype=np.uint8)
     mask = np.zeros((40, 100), np.uint8); mask[5:20, 10:60] = 1; mask[25:35, 70:95] = 2

@@ -1,4 +1,4 @@
-"""defect_sam.viz: PNGs written atomically, nothing left open in pyplot, bad inputs named."""
+"""defect_sam.evaluation.figures: PNGs written atomically, nothing left open in pyplot, bad inputs named."""
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from defect_sam.core import ConfigError, DataError
-from defect_sam.viz import (ERROR_COLORS, overlay_errors, plot_four_panel, plot_metric_distributions, plot_pr_curve,
-                            plot_threshold_curve)
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.evaluation.figures import ERROR_COLORS, overlay_errors, plot_four_panel, plot_metric_distributions, plot_pr_curve, plot_threshold_curve
 
 
 def test_many_figures_leak_nothing(tmp_path):

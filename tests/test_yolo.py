@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from defect_sam.core import ConfigError, DataError, DefectDataset, Sample
-from defect_sam.data import load_dataset, split_dataset
-from defect_sam.evaluate import evaluate
-from defect_sam.transforms import export_yolo
-from defect_sam.yolo import YoloSegmenter, boxes_to_prob, build_yolo, masks_to_prob, yolo_weights
+from defect_sam.core.errors import ConfigError, DataError
+from defect_sam.data.sample import DefectDataset, Sample
+from defect_sam.data.load import load_dataset
+from defect_sam.data.splits import split_dataset
+from defect_sam.evaluation.evaluate import evaluate
+from defect_sam.data.transforms import export_yolo
+from defect_sam.models.yolo import YoloSegmenter, boxes_to_prob, build_yolo, masks_to_prob, yolo_weights
 
 
 @pytest.fixture
@@ -217,7 +219,7 @@ def _fixed_detector(task, boxes_per_image, num_classes=1):
 
 
 def test_pipeline_prompts_threshold_classes_and_empty_images():
-    from defect_sam.yolo import YoloSam2
+    from defect_sam.models.yolo import YoloSam2
     img = np.zeros((20, 30, 3), np.uint8)
     dets = [(np.array([[2, 3, 8, 9], [10, 0, 20, 5]], np.float32), [0.9, 0.1], [2, 0]),    # one box passes conf
             (np.zeros((0, 4), np.float32), [], []),                                        # nothing detected
@@ -237,7 +239,7 @@ def test_pipeline_prompts_threshold_classes_and_empty_images():
 
 def test_pipeline_through_evaluate_both_ways(cache):
     "As a Segmenter and as a prompt source the pipeline scores the same; the source is recorded either way."
-    from defect_sam.yolo import YoloSam2
+    from defect_sam.models.yolo import YoloSam2
     sp = _synthetic(12)
     test = sp['test']
     dets = []
@@ -256,7 +258,7 @@ def test_pipeline_through_evaluate_both_ways(cache):
 
 def test_pipeline_with_real_sam2_offline(cache, no_network):
     "The registry's yolo_sam2 with a randomly initialised SAM2 runs end to end through evaluate, offline."
-    from defect_sam.models import build_model
+    from defect_sam.models.registry import build_model
     sp = _synthetic(8)
     test = sp['test']
     dets = [(np.array([[0, 0, 40, 30]], np.float32), [0.9], [0]) if k % 2 == 0 else (np.zeros((0, 4), np.float32), [], [])

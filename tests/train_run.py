@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from _train_toys import make_model, tiny_data
-from defect_sam.train import TrainConfig, train
+from defect_sam.training.loop import TrainConfig, train
 
 spec = json.loads(sys.argv[1])
 model = make_model(spec['model'])

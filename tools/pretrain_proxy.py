@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretrain a *proxy* SAM2.1-tiny from random weights, where the official checkpoint cannot be downloaded.
 
-It trains with the package's own loop (`defect_sam.train.train`, full fine-tuning of the image path) on a generic
+It trains with the package's own loop (`defect_sam.training.loop.train`, full fine-tuning of the image path) on a generic
 promptable-segmentation corpus generated on the fly: several non-overlapping objects per image (ellipses, rotated
 rectangles, star polygons, rings, thick curves), each a colour whose luminance differs from what it covers by 0.15-0.7
 (hue free) with its own texture on top (flat, gradient, stripes, checker, smooth noise, amplitude up to 0.4), on a
@@ -103,7 +103,7 @@ def _contrasting(rng, ref):
 
 def proxy_sample(sid: str, size: int = 128, max_objects: int = 6):
     "The generated image (uint8 RGB) and binary mask of sample id `sid` (a pure function of the id)."
-    from defect_sam.core import Sample
+    from defect_sam.data.sample import Sample
     rng = np.random.default_rng(int(hashlib.sha1(sid.encode()).hexdigest()[:12], 16))
     h = w = size
     img = _texture(rng, h, w)
@@ -127,14 +127,14 @@ def proxy_sample(sid: str, size: int = 128, max_objects: int = 6):
 
 def proxy_corpus(split: str, n: int, size: int = 128):
     "A `DefectDataset` of `n` generated images; `split` ('train' or 'heldout') namespaces the ids."
-    from defect_sam.core import DefectDataset
+    from defect_sam.data.sample import DefectDataset
     ids = [f'proxy-{split}-{i:06d}' for i in range(n)]
     return DefectDataset(ids, lambda sid: proxy_sample(sid, size), ['background', 'object'], name=f'proxy-{split}', binary=True)
 
 
 # ---- the run -------------------------------------------------------------------------------------------------------
 def _zero_shot(seg, ds) -> float:
-    from defect_sam.evaluate import evaluate
+    from defect_sam.evaluation.evaluate import evaluate
     return float(evaluate(seg, ds, prompt='box', seed=0, progress=False).summary['mIoU'])
 
 
@@ -143,9 +143,10 @@ def pretrain(out: Path, minutes: float, image_size: int = 128, batch_size: int =
              steps: int | None = None, progress: bool = True) -> dict:
     "Pretrain (or resume, or reuse) the proxy; returns what proxy.json records."
     import torch
-    from defect_sam.core import ConfigError, torch_save_atomic, write_json_atomic
-    from defect_sam.sam import SamSegmenter, build_sam2
-    from defect_sam.train import TrainConfig, train
+    from defect_sam.core.errors import ConfigError
+    from defect_sam.core.io import torch_save_atomic, write_json_atomic
+    from defect_sam.models.sam.inference import SamSegmenter, build_sam2
+    from defect_sam.training.loop import TrainConfig, train
     out.mkdir(parents=True, exist_ok=True)
     args = dict(image_size=image_size, batch_size=batch_size, lr=lr, n_images=n_images, prompt=prompt, loss=loss, seed=seed,
                 minutes=minutes, steps=steps)
@@ -191,7 +192,7 @@ def pretrain(out: Path, minutes: float, image_size: int = 128, batch_size: int =
 
 
 def main(argv=None):
-    from defect_sam.core import cache_dir
+    from defect_sam.core.io import cache_dir
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--minutes', type=float, default=120, help='training budget (the step count is fixed from it once)')
     p.add_argument('--steps', type=int, default=None, help='a fixed step count instead of the time budget')

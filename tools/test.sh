@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (README): the library and the notebooks are in sync, the notebook
-# examples pass (`#| slow` and `#| cuda` cells skipped), and pytest passes.
+# The project's test command (README): the library and the notebooks are in sync, the import contract holds,
+# the notebook examples pass (`#| slow` and `#| cuda` cells skipped), and pytest passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +36,9 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 else
     echo "warning: not a git checkout, skipping the notebook/library sync check" >&2
 fi
+
+# The import contract (pyproject.toml [tool.importlinter]): the floors of the library and what each may import.
+lint-imports
 
 nbdev_test --n_workers 2 --timing
 python -m pytest -q --basetemp="$scratch/pytest" "$@"
