@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Indexing a Severstal-size dataset: time and memory to read `train.csv` (12,568 images of 1600x256, the Kaggle
-train set's size and layout), split it and build the nested few-shot manifests of `grids/thesis.yaml`.
+train set's size and layout), fingerprint its content (every file hashed; then again, from the per-file cache), split it
+and build the nested few-shot manifests of `grids/thesis.yaml`.
 
-The images are one cheap generated JPEG hard-linked 12,568 times (indexing reads only the CSV, the file names and one
-image header; nothing here decodes pixels), the CSV has Kaggle's long form (ImageId, ClassId, EncodedPixels) with
-defects on about half the images, one or two classes each, a few RLE runs per class. Generated data: the figures are
-about the pipeline's cost, not about steel.
+By default the images are one cheap generated JPEG hard-linked 12,568 times (indexing reads only the CSV, the file names
+and one image header; nothing here decodes pixels); with `--distinct` every image is its own JPEG (a smooth gradient
+with noise, about the size of a Severstal image), which is what the content fingerprint must read. The CSV has Kaggle's
+long form (ImageId, ClassId, EncodedPixels) with defects on about half the images, one or two classes each, a few RLE
+runs per class. Generated data: the figures are about the pipeline's cost, not about steel.
 
-    python benchmarks/bench_severstal_scale.py [--n 12568] [--dir DIR]
+    python benchmarks/bench_severstal_scale.py [--n 12568] [--dir DIR] [--distinct]
 
 Measured (2 shared CPU cores, load average about 9; 12,568 images, 7,295 CSV rows, 6,624 images with defects):
 index 0.68 s (+17.9 MiB RSS), split 0.10 s (+3.1 MiB), few-shot 100..4000 0.14 s (+0.3 MiB); again with the
@@ -25,21 +27,25 @@ import numpy as np
 import psutil
 
 from defect_sam.data.splits import fewshot_subsets, split_dataset
-from defect_sam.data.load import load_dataset
+from defect_sam.data.load import dataset_fingerprint, load_dataset
 
 H, W = 256, 1600
 
 
-def make(root:Path, n:int, seed:int=0):
+def make(root:Path, n:int, seed:int=0, distinct:bool=False):
     rng = np.random.default_rng(seed)
     (root/'train_images').mkdir(parents=True, exist_ok=True)
     img = rng.integers(90, 110, (H, W, 3), dtype=np.uint8)
     src = root/'template.jpg'
     cv2.imwrite(str(src), img)
+    ramp = np.linspace(60, 160, W, dtype=np.float32)[None, :, None]
     lines = ['ImageId,ClassId,EncodedPixels']
     for k in range(n):
         name = f'{k:08x}.jpg'
-        os.link(src, root/'train_images'/name)
+        if distinct:   # its own bytes: a gradient with mild noise (about 80 KB as JPEG)
+            im = np.clip(ramp + rng.normal(0, 4, (H, W, 1)).astype(np.float32) + 20 * np.sin(k), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root/'train_images'/name), np.repeat(im, 3, 2))
+        else: os.link(src, root/'train_images'/name)
         if rng.random() < 0.53:
             half = H * W // 2
             for j, c in enumerate(sorted(rng.choice(4, size=1 + (rng.random() < 0.1), replace=False) + 1)):   # classes apart
@@ -68,13 +74,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--n', type=int, default=12568)
     ap.add_argument('--dir', help='dataset folder (default: a temporary one)')
+    ap.add_argument('--distinct', action='store_true', help='every image its own JPEG (what the content fingerprint must read)')
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.dir or tmp)/'severstal'
+        os.environ['DEFECT_SAM_CACHE'] = str(Path(tmp)/'cache')   # an empty per-file digest cache: the first fingerprint reads every file
         t0 = time.perf_counter()
-        rows = make(root, a.n)
-        print(f"generated {a.n} images ({W}x{H}, hard links) and {rows} CSV rows in {time.perf_counter() - t0:.1f} s")
+        rows = make(root, a.n, distinct=a.distinct)
+        size = sum(p.stat().st_size for p in (root/'train_images').iterdir()) / 2**20
+        print(f"generated {a.n} images ({W}x{H}, {'distinct JPEGs' if a.distinct else 'hard links'}, {size:.0f} MiB) and {rows} CSV rows "
+              f"in {time.perf_counter() - t0:.1f} s")
         print(f"start: RSS {mib():.1f} MiB")
+        fp = stage('fingerprint, first (reads every file)', lambda: dataset_fingerprint('severstal', root, progress=False))
+        stage('fingerprint, cached (stats every file)', lambda: dataset_fingerprint('severstal', root, refresh=True, progress=False))
+        print(f"  {fp['n_files']} files, {fp['bytes'] / 2**20:.0f} MiB, digest {fp['digest'][:16]}")
         man = root/'manifests'
         for attempt in ('first time', 'again (manifests reused)'):
             print(attempt)

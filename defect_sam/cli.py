@@ -9,16 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from .core.errors import ConfigError, DefectSamError
 from .models.registry import list_models
 from .training.distributed import process_rank
-from .experiments.config import coerce_value, config_fields, ExperimentConfig
+from .experiments.config import coerce_value, config_fields, ExperimentConfig, read_params
 from .experiments.table import read_results
 from .experiments.run import run_ensemble, run_experiment
 from .experiments.grid import failure_message, run_in_notebook
 from .experiments.launch import run_grid
+from .experiments.reproduce import reproduce
 from .outputs.report import build_report
 from .outputs.submission import submission_from_run
 from .outputs.export import export_run
@@ -53,11 +52,7 @@ def config_from_args(ns:argparse.Namespace) -> ExperimentConfig:
     names = set(config_fields())
     base = {}
     if getattr(ns, 'config', None):
-        p = Path(ns.config)
-        if not p.is_file(): raise ConfigError(f"--config {p}: file not found")
-        base = yaml.safe_load(p.read_text(encoding='utf-8')) or {}
-        if not isinstance(base, dict): raise ConfigError(f"--config {p}: expected a mapping of parameters")
-        base = {k: v for k, v in base.items() if k not in ('exp_id', 'params_hash', 'train_key', 'inference_key')}
+        base = read_params(ns.config)
     given = {k: v for k, v in vars(ns).items() if k in names}
     return ExperimentConfig.from_dict({**base, **given}, f'--config {ns.config}' if getattr(ns, 'config', None) else 'command line')
 
@@ -65,7 +60,7 @@ def config_from_args(ns:argparse.Namespace) -> ExperimentConfig:
 def build_parser() -> argparse.ArgumentParser:
     "The `defect-sam` argument parser."
     p = argparse.ArgumentParser(prog='defect-sam', description='SAM2, LoRA and baselines for industrial defect segmentation: experiments, grids, report.')
-    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,models,export,predict,ensemble,submission}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,reproduce,models,export,predict,ensemble,submission}')
     r = sub.add_parser('run', help='run one experiment (the notebook nbs/run_experiment.ipynb, or in-process)',
                        description='Run one experiment and add its row to <results_dir>/experiments.csv.')
     r.add_argument('--config', metavar='YAML', help='read parameters from this file first (e.g. a run\'s params.yaml)')
@@ -102,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help='a paired comparison of two runs (exp_ids or labels); repeatable (default: the two best)')
     rep.add_argument('--palette', choices=('default', 'cb'), default='default',
                      help='error overlay colours: default (TP yellow, FP red, FN green) or cb (colour-blind safe: blue, vermillion, yellow)')
+    rp = sub.add_parser('reproduce', help='run finished rows again from their params.yaml into a scratch folder; write a certificate',
+                        description='Run rows of a results table again (from each run folder\'s params.yaml, into a scratch results folder), '
+                                    'compare every score with the original row, and write certificate.md and certificate.csv: '
+                                    'per row and score the original and reproduced values, their difference and tolerance, and the '
+                                    'package, device and data-file differences. Exit 1 when a row is not certified.')
+    rp.add_argument('exp_ids', nargs='*', metavar='EXP_ID', help='the rows to reproduce (the runs they use come too)')
+    rp.add_argument('--all', action='store_true', help='every row of the table')
+    rp.add_argument('--results-dir', default='results', help='the results folder holding the rows (default: results)')
+    rp.add_argument('--rescore-only', action='store_true', help='only the evaluations, from the saved probabilities (tolerance 0; seconds per run)')
+    rp.add_argument('--out', help='the certificate folder (default: <results-dir>/reproduce/<time>); the runs go to OUT/results')
+    rp.add_argument('--device', help="run on another device (default: each run's own)")
     sub.add_parser('models', help='list the registered models')
     x = sub.add_parser('export', help="export a finished run's model (U-Net family, SAM2 with LoRA merged) as ONNX",
                        description='Write <run_dir>/export/model.onnx (U-Nets) or sam2_encoder.onnx + sam2_decoder.onnx (SAM2), and export.json.')
@@ -213,6 +219,13 @@ def _submission(ns) -> int:
     print(f'wrote {submission_from_run(ns.exp_id, ns.results_dir, ns.out, ns.layout)}')
     return 0
 
+def _reproduce(ns) -> int:
+    if ns.all == bool(ns.exp_ids): raise ConfigError('name the rows to reproduce (EXP_ID ...) or give --all, not both')
+    c = reproduce(ns.results_dir, ns.exp_ids, ns.all, ns.out, ns.rescore_only, ns.device)
+    for r in c['runs']: print(f"{r['status']:>14}  {r['exp_id']}" + (f"  ({r['error']})" if r['error'] else ''))
+    print(f"certificate: {c['markdown']} and {c['csv']}")
+    return 0 if c['certified'] else 1
+
 def _models(ns) -> int:
     print(list_models().to_string(index=False))
     return 0
@@ -221,7 +234,7 @@ def main(argv:list|None=None) -> int: # arguments (default: sys.argv[1:])
     "The `defect-sam` command; returns the exit status."
     ns = build_parser().parse_args(argv)
     try: return {'run': _run, 'grid': _grid, 'report': _report, 'models': _models, 'export': _export, 'predict': _predict,
-                 'ensemble': _ensemble, 'submission': _submission}[ns.command](ns)
+                 'ensemble': _ensemble, 'submission': _submission, 'reproduce': _reproduce}[ns.command](ns)
     except DefectSamError as e:
         if not isinstance(e, ConfigError): raise
         print(f'defect-sam {ns.command}: error: {e}', file=sys.stderr)

@@ -50,13 +50,14 @@ def test_bad_parameters_exit_2_and_name_them(tmp_path, capsys):
 
 def test_grid_exit_status(tmp_path, capsys):
     g = tmp_path/'g.yaml'
-    g.write_text(yaml.safe_dump({'fixed': {'model': 'sam2_zeroshot', 'weights': str(tmp_path/'missing.pt'), 'sam2_image_size': 64,
+    (tmp_path/'broken.pt').write_bytes(b'not a checkpoint')   # a checkpoint must exist to name a run: this one fails when loaded
+    g.write_text(yaml.safe_dump({'fixed': {'model': 'sam2_zeroshot', 'weights': str(tmp_path/'broken.pt'), 'sam2_image_size': 64,
                                            'dataset_options': {'n_images': 8, 'height': 32, 'width': 96}, 'split': [0.5, 0.25, 0.25]}}))
     assert main(['grid', str(g), '--results-dir', str(tmp_path), '--dry-run']) == 0
     assert '1 runs, 0 done' in capsys.readouterr().out
     assert main(['grid', str(g), '--results-dir', str(tmp_path), '--no-notebook']) == 1
     out = capsys.readouterr().out
-    assert 'FAILED' in out and 'missing.pt' in out
+    assert 'FAILED' in out and 'broken.pt' in out
     assert main(['grid', str(tmp_path/'nope.yaml')]) == 2
 
 

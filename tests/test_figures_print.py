@@ -41,6 +41,7 @@ def _fake_results(d, n=20, seed=0):
                               'skel_iou': iou, 'tp': rng.integers(0, 100, n), 'fp': rng.integers(0, 50, n),
                               'fn': rng.integers(0, 50, n), 'gt_defect': True}).to_csv(d/eid/'pi.csv', index=False)
                 rows.append({'exp_id': eid, 'dataset': 'severstal', 'seed': s, 'weights': 'pretrained', 'subset_size': sub,
+                             'config_key': f"{c['model']}-{c.get('lora_rank', '')}-{sub}", 'data_key': 'one-test-set', 'data_name': 'severstal',
                              'lr': 1e-4, 'test_mIoU': iou.mean(), 'test_Dice': rng.uniform(.3, .8),
                              'avg_inference_time': rng.uniform(.01, 1), 'per_image_csv': f'{eid}/pi.csv', **c})
     pd.DataFrame(rows).to_csv(d/'experiments.csv', index=False)

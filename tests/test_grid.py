@@ -17,8 +17,8 @@ TINY = dict(model='sam2_zeroshot', weights='random', sam2_image_size=64, device=
             dataset_options={'n_images': 8, 'height': 32, 'width': 96}, split=[0.5, 0.25, 0.25])
 
 
-def test_shipped_grids_expand():
-    runs = expand_grid(ROOT/'grids'/'thesis.yaml')
+def test_shipped_grids_expand(grid_data):
+    runs = expand_grid(grid_data(ROOT/'grids'/'thesis.yaml'))
     assert len(runs) == len({r.exp_id for r in runs}) > 100
     by = {}
     for r in runs: by.setdefault(r.sweep, []).append(r.config)
@@ -36,7 +36,7 @@ def test_shipped_grids_expand():
            {('points_3', 3), ('points_5', 5)}
     assert {c.eval_seed for c in (r.config for r in runs)} == {42} and {str(c.augment) for c in (r.config for r in runs)} == {'{}'}
     # the Crack500 study's zero-shot protocol: boxes expanded by 5%, min_area 10, 1/3/5 points per component, its test list
-    crack = [r.config for r in expand_grid(ROOT/'grids'/'crack500.yaml')]
+    crack = [r.config for r in expand_grid(grid_data(ROOT/'grids'/'crack500.yaml'))]
     assert len(crack) == 16 and {c.prompt for c in crack} == {'box', 'points_1', 'points_3', 'points_5'}
     assert all(c.prompt_kwargs == {'expand_ratio': 0.05, 'min_area': 10, 'per_component': True} and c.test_options == {'split': 'test'}
                for c in crack)
@@ -70,13 +70,14 @@ def test_grid_file_errors_name_the_file(tmp_path):
 
 def test_papermill_grid_skips_done_and_reports_failures(tmp_path):
     "Each run in its own papermill kernel: the good run leaves its notebook and row, the bad one is reported, the grid goes on."
-    grid = {'fixed': TINY, 'axes': {'weights': ['random', str(tmp_path/'missing.pt')]}}
+    (tmp_path/'broken.pt').write_bytes(b'not a checkpoint')
+    grid = {'fixed': TINY, 'axes': {'weights': ['random', str(tmp_path/'broken.pt')]}}
     log = []
     rep = run_grid(grid, tmp_path, log=log.append)
     assert list(rep.table.outcome) == ['failed', 'ran'] or list(rep.table.outcome) == ['ran', 'failed']
     ok, bad = (rep.table[rep.table.outcome == k].exp_id.iloc[0] for k in ('ran', 'failed'))
     assert (tmp_path/ok/'run_experiment.ipynb').exists() and (tmp_path/bad/'run_experiment.ipynb').exists()
-    assert 'DataError during model' in rep.failed.error.iloc[0] and 'missing.pt' in rep.failed.error.iloc[0]
+    assert 'DataError during model' in rep.failed.error.iloc[0] and 'broken.pt' in rep.failed.error.iloc[0]
     assert list(read_results(tmp_path).exp_id) == [ok] and not rep.ok
     assert any('FAILED' in l for l in log)
     again = run_grid(grid, tmp_path, notebook=False, rerun_failed=False, log=None)

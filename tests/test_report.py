@@ -63,6 +63,7 @@ def _fake(tmp_path, rows, n=30, seed=0, with_tables=True):
     for k, r in enumerate(rows):
         eid = r.get('exp_id', f'run{k}')
         row = {'exp_id': eid, 'dataset': 'synthetic', 'seed': 0, 'weights': 'pretrained', 'test_mIoU': rng.uniform(.3, .8),
+               'config_key': f'config-{eid}', 'data_key': 'one-test-set', 'data_name': 'synthetic',
                'test_Dice': rng.uniform(.3, .8), 'avg_inference_time': rng.uniform(.01, 1), **r}
         if with_tables:
             iou = rng.uniform(0, 1, n)
@@ -136,7 +137,7 @@ def test_paired_comparison_against_scipy(tmp_path):
 
 
 def test_seeds_are_pooled_per_image(tmp_path):
-    d = _fake(tmp_path, [{'model': 'unet', 'variant': 'x', 'seed': s, 'exp_id': f's{s}'} for s in range(3)])
+    d = _fake(tmp_path, [{'model': 'unet', 'variant': 'x', 'seed': s, 'exp_id': f's{s}', 'config_key': 'one-configuration'} for s in range(3)])
     b = leaderboard(d, n_boot=50)
     assert len(b) == 1 and b.n_seeds[0] == 3
     t = [pd.read_csv(d/f's{s}'/'pi.csv').iou for s in range(3)]

@@ -131,9 +131,9 @@ def test_refusals():
     assert ExperimentConfig(model='sam2_lora', peft_method='layernorm').used_params().get('lora_rank') is None
 
 
-def test_new_sweeps_expand():
+def test_new_sweeps_expand(grid_data):
     from defect_sam.experiments.grid import expand_grid
-    runs = [r for r in expand_grid(ROOT/'grids'/'thesis.yaml') if r.sweep.startswith('peft_')]
+    runs = [r for r in expand_grid(grid_data(ROOT/'grids'/'thesis.yaml')) if r.sweep.startswith('peft_')]
     got = {(r.config.peft_method, r.config.lora_strategy) for r in runs}
     assert {('lora', 'attn_mlp'), ('dora', 'attn_mlp'), ('dora', 'decoder'), ('layernorm', 'encoder_decoder'),
             ('bias_layernorm', 'all')} <= got and len({r.exp_id for r in runs}) == len(runs)

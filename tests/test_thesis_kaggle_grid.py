@@ -7,8 +7,8 @@ from defect_sam.experiments.grid import expand_grid
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_kaggle_sweeps():
-    runs = [r for r in expand_grid(ROOT/'grids'/'thesis.yaml') if r.sweep.startswith('kaggle')]
+def test_kaggle_sweeps(grid_data):
+    runs = [r for r in expand_grid(grid_data(ROOT/'grids'/'thesis.yaml')) if r.sweep.startswith('kaggle')]
     by = {}
     for r in runs: by.setdefault(r.config.model, []).append(r.config)
     for m in ('unet', 'sam2_lora'):

@@ -69,8 +69,9 @@ def test_failed_run_is_marked_failed(tmp_path, monkeypatch):
     from defect_sam.core.errors import DataError
     from defect_sam.experiments.run import run_experiment
     monkeypatch.delenv('MLFLOW_TRACKING_URI', raising=False)
+    (tmp_path/'broken.pt').write_bytes(b'not a checkpoint')
     with pytest.raises(DataError):
-        run_experiment({**TINY, 'weights': str(tmp_path/'missing.pt'), 'results_dir': str(tmp_path),
+        run_experiment({**TINY, 'weights': str(tmp_path/'broken.pt'), 'results_dir': str(tmp_path),
                         'train_options': {**TINY['train_options'], 'log_with': 'mlflow'}}, progress=False)
     _, runs = _runs(tmp_path, 'defect-sam')
     assert len(runs) == 1 and runs[0].info.status == 'FAILED' and runs[0].data.tags['failed_stage'] == 'model'

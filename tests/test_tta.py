@@ -10,7 +10,7 @@ TINY = dict(model='sam2_zeroshot', weights='random', sam2_image_size=64, device=
 
 def test_tta_keys():
     off, on = ExperimentConfig(**TINY), ExperimentConfig(**TINY, tta='[vflip, hflip]')   # YAML, as on the command line
-    assert on.tta == ['hflip', 'vflip'] and 'tta' not in off.used_params()        # ids of runs without TTA unchanged
+    assert on.tta == ['hflip', 'vflip'] and off.used_params()['tta'] is None      # an eval field: used, None when off
     assert on.train_key == off.train_key                                          # the trained model is reused
     assert on.inference_key != off.inference_key and on.exp_id != off.exp_id      # its saved probabilities are its own
     unet = dict(model='unet', weights='random', device='cpu')

@@ -183,6 +183,8 @@ class SeverstalLoader:
     shape:tuple # (H, W) the RLEs refer to
     csv_path:Path # annotation file, for messages
     on_overlap:str='error' # see rles_to_mask
+    shared:tuple=() # files every sample depends on (the CSV, the class names file)
+    def sources(self, iid:str) -> tuple: return (self.files[iid],)   # the files this sample reads (besides `shared`)
     def __call__(self, iid:str) -> Sample:
         path, (H, W) = self.files[iid], self.shape
         img = read_image(path)
@@ -235,8 +237,9 @@ def load_severstal(root:str|Path|None=None, # folder with train.csv and train_im
     if not csv_path.exists():
         raise DataError(f"{csv_path}: Severstal annotation CSV not found; download the data with "
                         f"defect_sam.data.load.download_severstal({str(root)!r}) or pass the folder holding {csv} and {images}/")
-    if classes is None: classes = read_classes(root/'classes.txt') if (root/'classes.txt').exists() else ['background'] + [f'defect_{k}' for k in range(1, 5)]
-    elif isinstance(classes, (str, Path)): classes = read_classes(root/classes)
+    names_file = root/'classes.txt' if classes is None and (root/'classes.txt').exists() else root/classes if isinstance(classes, (str, Path)) else None
+    if classes is None and names_file is None: classes = ['background'] + [f'defect_{k}' for k in range(1, 5)]
+    elif names_file is not None: classes = read_classes(names_file)
     classes = list(classes)
     if on_overlap not in ('error', 'last'): raise ConfigError(f"on_overlap={on_overlap!r}; valid: 'error', 'last'")
     rows, bad, form = _read_severstal_csv(csv_path, len(classes) - 1)
@@ -272,7 +275,8 @@ def load_severstal(root:str|Path|None=None, # folder with train.csv and train_im
     ids = sorted(files)
     labels = {i: frozenset(labels.get(i, ())) for i in ids}
 
-    loader = SeverstalLoader(files, {i: {c: (v[0], v[1]) for c, v in cr.items()} for i, cr in runs.items()}, (H, W), csv_path, on_overlap)
+    loader = SeverstalLoader(files, {i: {c: (v[0], v[1]) for c, v in cr.items()} for i, cr in runs.items()}, (H, W), csv_path, on_overlap,
+                             (csv_path,) + ((names_file,) if names_file is not None else ()))
     return build_dataset(name, root, ids, loader, classes, labels, bad, skip_bad, validate,
                          info={'csv_form': form, 'shape': [H, W]}, empty_hint=f'no images in {img_dir} and no rows in {csv_path}')
 
@@ -350,6 +354,8 @@ class PairLoader:
     pairs:dict # id -> (image path, mask path)
     mask_mode:str='auto' # see read_mask
     threshold:int=128 # see read_mask
+    shared:tuple=() # files every sample depends on (the list file, the class names file)
+    def sources(self, iid:str) -> tuple: return tuple(self.pairs[iid])   # the files this sample reads (besides `shared`)
     def __call__(self, iid:str) -> Sample:
         img_path, mask_path = self.pairs[iid]
         img, mask = read_image(img_path), read_mask(mask_path, self.mask_mode, self.threshold)
@@ -370,7 +376,7 @@ def load_crack500(root:str|Path, # folder with the list files and image folders
     list_path = root/(split if split.endswith('.txt') else f'{split}.txt')
     pairs, bad = _read_pairs(list_path, root)
     table = {i: (a, b) for i, a, b in pairs}
-    return build_dataset('crack500', root, [p[0] for p in pairs], PairLoader(table, mask_mode, threshold),
+    return build_dataset('crack500', root, [p[0] for p in pairs], PairLoader(table, mask_mode, threshold, (list_path,)),
                          ['background', 'crack'], None, bad, skip_bad, validate, info={'split': split, 'list_file': str(list_path)},
                          empty_hint=f'{list_path} lists no image/mask pairs')
 
@@ -404,7 +410,8 @@ def load_folder(root:str|Path, # dataset folder
     table = {i: (imgs[i], msks[i]) for i in ids}
     labels = None
     if classes is None and (root/'classes.txt').exists(): classes = 'classes.txt'
-    if isinstance(classes, (str, Path)): classes = read_classes(root/classes)
+    names_file = root/classes if isinstance(classes, (str, Path)) else None
+    if names_file is not None: classes = read_classes(names_file)
     if classes is None:
         labels, top = {}, 0
         for i in tqdm([i for i in ids if i not in {b[2] for b in bad}], desc='folder: scanning masks for classes', leave=False):
@@ -412,5 +419,5 @@ def load_folder(root:str|Path, # dataset folder
             except DataError as e: bad.append((str(table[i][1]), str(e), i)); continue
             labels[i] = frozenset(int(c) for c in np.unique(m) if c); top = max(top, int(m.max(initial=0)))
         classes = ['background'] + [f'class_{k}' for k in range(1, max(top, 1) + 1)]
-    return build_dataset('folder', root, ids, PairLoader(table, mask_mode, threshold), list(classes), labels, bad, skip_bad, validate,
+    return build_dataset('folder', root, ids, PairLoader(table, mask_mode, threshold, (names_file,) if names_file else ()), list(classes), labels, bad, skip_bad, validate,
                          info={'images': images, 'masks': masks}, empty_hint=f'no image/mask pairs in {img_dir} and {mask_dir}')

@@ -16,12 +16,14 @@ from pathlib import Path
 
 from ..core.errors import ConfigError, DataError
 from ..core.io import cache_dir
+from ..core.hashing import fingerprint, params_hash
 from .formats import load_crack500, load_folder, load_severstal
 from .supervisely import load_supervisely
 from .synthetic import load_synthetic
 
 # %% auto #0
-__all__ = ['DATASETS', 'dataset_options', 'load_dataset', 'DownloadError', 'kaggle_credentials', 'download_severstal']
+__all__ = ['DATASETS', 'GENERATED_KINDS', 'dataset_options', 'load_dataset', 'is_generated', 'dataset_fingerprint',
+           'DownloadError', 'kaggle_credentials', 'download_severstal']
 
 # %% ../../nbs/15_data.load.ipynb #6effca59
 DATASETS = {
@@ -54,6 +56,31 @@ def load_dataset(kind:str='synthetic', # one of DATASETS: synthetic, severstal, 
     ds = reader(root, skip_bad=skip_bad, validate=validate, **options)
     ds.info.update(kind=kind, options={k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
     return ds.as_binary() if binary else ds
+
+# %% ../../nbs/15_data.load.ipynb #1d3a4e7f
+GENERATED_KINDS = ('synthetic',) # kinds made from their options, deterministically: the options are their identity
+_FINGERPRINTS = {}
+
+def is_generated(kind:str) -> bool:
+    "Is this kind of dataset made from its options (so its options, not its files, are its identity; wherever it is kept)?"
+    return kind in GENERATED_KINDS
+
+def dataset_fingerprint(kind:str, # a DATASETS kind
+                        root:str|Path|None=None, # the dataset folder (None: the kind's default)
+                        options:dict|None=None, # reader options
+                        test_options:dict|None=None, # options of a separate test set, laid over `options`
+                        refresh:bool=False, # check the files again even if this process has fingerprinted them
+                        progress:bool=True) -> dict: # core.hashing.fingerprint's record
+    "The content fingerprint of every file a dataset (and its separate test set) reads (a generated one is made first if it is not there)."
+    options = dict(options or {})
+    key = params_hash({'kind': kind, 'root': str(Path(root).expanduser().resolve()) if root is not None else None,
+                       'options': options, 'test_options': test_options})
+    if refresh or key not in _FINGERPRINTS:
+        ds = load_dataset(kind, root, **options)
+        files = ds.source_files()
+        if test_options is not None: files += load_dataset(kind, root, **{**options, **test_options}).source_files()
+        _FINGERPRINTS[key] = fingerprint(files, ds.root, progress)
+    return _FINGERPRINTS[key]
 
 # %% ../../nbs/15_data.load.ipynb #674bc033
 class DownloadError(DataError):

@@ -111,6 +111,12 @@ class DefectDataset(Sequence):
         labels = None if self._labels is None else {i: self._labels[i] for i in ids}
         return DefectDataset(ids, self.loader, self.full_classes, self.name, self.root, labels, binary, self.skipped, self.info)
 
+    def source_files(self) -> list[Path]:
+        "Every file the samples of this dataset read (images, masks, annotations) and the files they all share (a CSV, a class list)."
+        src = getattr(self.loader, 'sources', None)
+        if src is None: raise DataError(f"{self.name}: its loader does not say which files it reads (no `sources` method), so it has no content fingerprint")
+        return sorted({Path(p) for i in self.ids for p in src(i)} | {Path(p) for p in getattr(self.loader, 'shared', ())})
+
     def subset(self, ids:Iterable[str]) -> 'DefectDataset':
         "A dataset of these ids (in this order), sharing the loader."
         ids = [str(i) for i in ids]

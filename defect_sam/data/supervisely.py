@@ -142,6 +142,8 @@ class SuperviselyLoader:
     "Reads one Supervisely sample: image and annotation file (a picklable callable)."
     table:dict # id -> (image path, annotation path)
     titles:dict # class title -> class id
+    shared:tuple=() # files every sample depends on (meta.json: the class ids)
+    def sources(self, iid:str) -> tuple: return tuple(self.table[iid])   # the files this sample reads (besides `shared`)
     def __call__(self, iid:str) -> Sample:
         img_path, ap = self.table[iid]
         ann = json.loads(ap.read_text())
@@ -188,7 +190,7 @@ def load_supervisely(root:str|Path, # project folder holding meta.json
             if f'{dname}/{ip.name}' not in table and not ip.name.startswith('.'):
                 bad.append((str(ip), f"{ip}: image has no annotation {d/'ann'/(ip.name + '.json')}", None))
 
-    return build_dataset('supervisely', root, list(table), SuperviselyLoader(table, titles), ['background'] + meta_titles, labels, bad, skip_bad, validate,
+    return build_dataset('supervisely', root, list(table), SuperviselyLoader(table, titles, (meta_path,)), ['background'] + meta_titles, labels, bad, skip_bad, validate,
                          info={'datasets': sorted({i.rsplit('/', 1)[0] for i in table})}, empty_hint='no <dataset>/ann/*.json files')
 
 # %% ../../nbs/13_data.supervisely.ipynb #9d66e405

@@ -25,7 +25,7 @@ from ..core.seeding import preserve_rng, seed_everything
 from ..core.progress import progress_bar
 from ..data.sample import Sample
 from .prompts import make_prompts, PROMPT_KINDS, prompt_seed, Prompts
-from .metrics import CalibrationResult, check_probs, defect_probability, MemoryMonitor, MetricAccumulator, ThresholdCalibrator, Timer
+from .metrics import box_floor_iou, CalibrationResult, check_probs, defect_probability, MemoryMonitor, MetricAccumulator, ThresholdCalibrator, Timer
 from .postprocess import PostProcess
 from .figures import plot_four_panel, plot_metric_distributions, plot_pr_curve
 
@@ -289,7 +289,7 @@ def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are bui
             cols = {'infer_s': r.infer_s, 'prompt_empty': r.prompt_empty,
                     'n_prompts': len(r.prompts) if r.prompts is not None else float('nan'),
                     'prompt_hash': r.prompts.digest() if r.prompts is not None else None}
-            row = acc.update(pred, r.gt, r.prob, id=s.id, **cols)
+            row = acc.update(pred, r.gt, r.prob, id=s.id, **cols, floor_box_iou=box_floor_iou(r.gt))
             if cal is not None: cal.update(r.prob, r.gt, s.image, s.id)
             if pred_dir is not None:
                 index.append({'id': s.id, **save_prediction(pred_dir, s.id, pred, r.prob), **cols})
@@ -368,7 +368,8 @@ def evaluate_saved(save_dir:str|Path, # folder given to `evaluate(save_dir=...)`
         n_prompts = idx.loc[r.sample.id, 'n_prompts'] if 'n_prompts' in idx else float('nan')
         h = idx.loc[r.sample.id, 'prompt_hash'] if 'prompt_hash' in idx else None
         acc.update(pp(r.prob, r.sample.image, threshold), r.gt, r.prob, id=r.sample.id, infer_s=r.infer_s,
-                   prompt_empty=r.prompt_empty, n_prompts=float(n_prompts), prompt_hash=None if pd.isna(h) else h)
+                   prompt_empty=r.prompt_empty, n_prompts=float(n_prompts), prompt_hash=None if pd.isna(h) else h,
+                   floor_box_iou=box_floor_iou(r.gt))
     res = acc.result()
     t = res.table
     called = t.infer_s.dropna()

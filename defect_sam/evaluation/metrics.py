@@ -24,10 +24,11 @@ from ..core.errors import ConfigError, DataError
 # %% auto #0
 __all__ = ['IOU_AT', 'DEFECT_KEYS', 'IMAGE_KEYS', 'SUMMARY_KEYS', 'EMPTY_CONVENTION', 'CALIBRATION_METRICS', 'check_mask',
            'confusion_counts', 'iou_score', 'dice_score', 'precision_score', 'recall_score', 'f1_score',
-           'skeletonize_mask', 'disk', 'skeleton_counts', 'skeleton_scores', 'check_probs', 'defect_probability',
-           'prob_histogram', 'pr_curve_from_histogram', 'average_precision_from_histogram', 'threshold_probs',
-           'image_scores', 'ScoreSums', 'MetricsResult', 'MetricAccumulator', 'evaluate_masks', 'default_thresholds',
-           'CalibrationResult', 'ThresholdCalibrator', 'calibrate_threshold', 'Timer', 'MemoryMonitor']
+           'box_floor_iou', 'skeletonize_mask', 'disk', 'skeleton_counts', 'skeleton_scores', 'check_probs',
+           'defect_probability', 'prob_histogram', 'pr_curve_from_histogram', 'average_precision_from_histogram',
+           'threshold_probs', 'image_scores', 'ScoreSums', 'MetricsResult', 'MetricAccumulator', 'evaluate_masks',
+           'default_thresholds', 'CalibrationResult', 'ThresholdCalibrator', 'calibrate_threshold', 'Timer',
+           'MemoryMonitor']
 
 # %% ../../nbs/21_evaluation.metrics.ipynb #eaeecb97
 IOU_AT = {'IoU@50': 0.5, 'IoU@75': 0.75, 'IoU@90': 0.9, 'IoU@95': 0.95} # the IoU@t keys and their thresholds
@@ -106,6 +107,17 @@ def f1_score(tp, fp, fn):
     with np.errstate(divide='ignore', invalid='ignore'):
         f = np.where(p + r > 0, 2 * p * r / np.where(p + r > 0, p + r, 1), 0.0)
     return f if f.ndim else float(f)
+
+# %% ../../nbs/21_evaluation.metrics.ipynb #145bfad9
+def box_floor_iou(gt:np.ndarray, # HxW ground truth (binary or class index; every class counts)
+                 ) -> float:
+    "IoU of the trivial oracle that fills the bounding box of every 8-connected defect component (1 when there is none)."
+    g = check_mask(gt, int(np.max(gt, initial=0)), 'ground truth') > 0
+    if not g.any(): return 1.0
+    _, _, stats, _ = cv2.connectedComponentsWithStats(g.astype(np.uint8), connectivity=8)
+    box = np.zeros_like(g)
+    for x, y, w, h, _ in stats[1:]: box[y:y + h, x:x + w] = True
+    return float(iou_score(int((box & g).sum()), int((box & ~g).sum()), int((~box & g).sum())))
 
 # %% ../../nbs/21_evaluation.metrics.ipynb #d228df20
 def _bbox(m:np.ndarray, margin:int=0):

@@ -20,75 +20,124 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..core.errors import ConfigError
-from ..core.hashing import params_hash
-from ..data.load import DATASETS
+from ..core.errors import ConfigError, DataError
+from ..core.hashing import file_digests, params_hash
+from ..data.load import dataset_fingerprint, DATASETS, is_generated
 from ..data.splits import check_fractions
+from ..data.transforms import Augment
 from ..evaluation.prompts import PROMPT_KINDS
 from ..evaluation.metrics import CALIBRATION_METRICS
 from ..evaluation.postprocess import PostProcess
 from ..evaluation.perclass import per_class_metric, per_class_requested
-from ..models.registry import model_family, MODELS
+from ..models.registry import FEATURES, model_family, model_features, MODELS, ROLES
 from ..models.tta import check_tta
 from ..models.sam.weights import SAM2_CHECKPOINTS
 from ..models.sam.adapters import LORA_STRATEGIES, PEFT_METHODS
-from ..training.loop import TrainConfig
+from ..training.loop import RUN_ONLY_OPTIONS, TrainConfig
 from .tracking import check_track
 
 # %% auto #0
-__all__ = ['PROMPT_OPTIONS', 'ExperimentConfig', 'field_comments', 'config_fields', 'coerce_value', 'check_prompt_kwargs',
-           'train_config', 'check_ensemble_config', 'parameters_source', 'threshold_spec']
+__all__ = ['FIELD_ROLES', 'PROMPT_OPTIONS', 'IDENTITY_ROLES', 'KEY_ROLES', 'ID_LINES', 'param', 'ExperimentConfig',
+           'field_comments', 'config_fields', 'coerce_value', 'check_prompt_kwargs', 'train_config',
+           'check_ensemble_config', 'field_roles', 'read_params', 'parameters_source', 'threshold_spec']
+
+# %% ../../nbs/60_experiments.config.ipynb #02c54fc0
+FIELD_ROLES = {
+    'data': 'what images, labels and split the run reads',
+    'train': 'what makes the model: its kind, size, starting weights and training',
+    'eval': "what changes a model's predictions but not its weights: evaluation prompts, gate, TTA, ensemble members",
+    'score': 'what changes the scores of saved predictions: threshold, post-processing',
+    'seed': 'the run seed: a run of another seed is another sample of the same configuration',
+    'name': 'the readable part of the run id',
+    'run': 'how and where the run executes, never what it computes',
+} # the role of each ExperimentConfig field in the run's identity
+
+def param(role:str, # a FIELD_ROLES key
+          default=MISSING, # the default value (or `factory`)
+          *, factory=MISSING, # makes a mutable default
+          feature:str|None=None, # the registry feature of the models that use it (None: every model)
+          when=None, # config -> bool: used only when this holds (e.g. LoRA rank only for LoRA-like peft methods)
+          canon=None, # config -> the value the identity hashes (resolved defaults, content hashes of files)
+          runs:str|None=None): # its value names finished runs that play this registry ROLES part for the run (see `other_runs`)
+    "An `ExperimentConfig` field with its role in the run's identity (see `FIELD_ROLES`, `used_params`)."
+    if role not in FIELD_ROLES: raise ConfigError(f"unknown field role {role!r}; valid: {', '.join(FIELD_ROLES)}")
+    if feature is not None and feature not in FEATURES: raise ConfigError(f"unknown feature {feature!r}; valid: {', '.join(FEATURES)}")
+    if runs is not None and runs not in ROLES: raise ConfigError(f"unknown run role {runs!r}; valid: {', '.join(ROLES)}")
+    return field(default=default, default_factory=factory, metadata={'role': role, 'feature': feature, 'when': when, 'canon': canon, 'runs': runs})
+
+# %% ../../nbs/60_experiments.config.ipynb #7e0203de
+def _file_identity(path:str|Path, what:str) -> str:
+    "A file known by its content: 'sha256:<hex>' (cached by size and modification time)."
+    p = Path(path).expanduser()
+    if not p.is_file(): raise DataError(f"{what}={str(path)!r}: no such file; a checkpoint is known by its content, so it must exist to name the run")
+    return 'sha256:' + next(iter(file_digests([p], progress=False).values()))[1]
+
+def _weights_identity(c) -> str: return c.weights if c.weights in ('auto', 'random') else _file_identity(c.weights, 'weights')
+def _source_identity(c) -> str:
+    "gt, a finished detector run's exp_id (its id is its identity), or a detector checkpoint by content."
+    return _file_identity(c.prompt_source, 'prompt_source') if Path(c.prompt_source).suffix == '.pt' else c.prompt_source
+def _data_identity(c) -> str|None:
+    "The content digest of every file the run's data reads (None: a generated dataset, known by its options)."
+    if is_generated(c.dataset): return None
+    return dataset_fingerprint(c.dataset, c.data_root, c.reader_options(), c.test_options)['digest']
+def _augment_identity(c) -> dict|None: return None if c.augment is None else asdict(Augment(**c.augment))   # {} = the defaults, spelled out
+def _train_options_identity(c) -> dict: return {k: v for k, v in (c.train_options or {}).items() if k not in RUN_ONLY_OPTIONS}
+def _ensemble_weights_identity(c) -> list|None:
+    if c.ensemble is None: return None
+    w = np.asarray(c.ensemble_weights if c.ensemble_weights is not None else [1.0] * len(c.ensemble), float)
+    return [round(float(x), 12) for x in w / w.sum()]
+def _lora_like(c) -> bool: return c.peft_method in ('lora', 'dora')
 
 # %% ../../nbs/60_experiments.config.ipynb #682fdb73
 @dataclass
 class ExperimentConfig:
     "One experiment run; the fields are the papermill parameters of `nbs/run_experiment.ipynb` and the options of `defect-sam run`."
-    model: str = 'sam2_lora' # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2, sam2_unet, sam2_unet_full, gate (an image-level defect classifier), ensemble (of finished runs)
-    dataset: str = 'synthetic' # dataset kind: synthetic, severstal, supervisely, crack500, folder
-    data_root: str|None = None # dataset folder (None: the cache folder, for synthetic and severstal)
-    dataset_options: dict|None = None # reader options for load_dataset, e.g. {'images': 'img', 'masks': 'ann'}; None: the kind's defaults (synthetic: {'n_images': 40})
-    test_options: dict|None = None # reader options of a separate test set, laid over dataset_options (Crack500: {'split': 'test'}); None: the test split comes from `split`
-    split: list = field(default_factory=lambda: [0.8, 0.1, 0.1]) # train, val, test fractions of the seeded, stratified split (test 0 with test_options)
-    split_seed: int = 42 # seed of the split and of the few-shot subsets: keep it fixed so every model sees the same test images
-    class_aware: bool = False # per-defect-class masks, training targets and metrics (else defect vs background)
-    subset_size: int|None = None # few-shot: train on this many images (nested, stratified subsets of the train split); None: the whole train split
-    sam2_size: str = 'tiny' # SAM2.1 size: tiny, small, base_plus, large
-    sam2_image_size: int = 1024 # side SAM2 resizes images to (1024 as pretrained; smaller only for fast tests)
-    weights: str = 'auto' # auto (pretrained, downloaded on first use), random (untrained), or a checkpoint path
-    prompt: str = 'box' # SAM2 prompt: box, points_1, points_3, points_5, full_image, grid
-    prompt_source: str = 'gt' # where SAM2's box prompts come from: gt (the ground truth), or a YOLO detector checkpoint (.pt) or the exp_id of a finished yolo_det run
-    prompt_kwargs: dict|None = None # prompt options, the same for training, validation, calibration and test: expand_ratio, jitter, n_neg, min_area, neg_ring, per_component (None: make_prompts' defaults)
-    eval_prompt_seed: int|None = None # seed of the evaluation prompts (val, calibration, test), apart from the run seed so every model and seed is scored on the same prompts; None: split_seed
-    detector_img_size: int|None = None # detector prompts: the detector's input size; None: the size it was trained at (its run's row, or its checkpoint)
-    lora_strategy: str = 'decoder' # LoRA targets: decoder, encoder_decoder, attn_mlp, all
-    lora_rank: int = 8 # LoRA rank r
-    lora_alpha: float = 16 # LoRA scaling alpha
-    lora_dropout: float = 0.05 # LoRA dropout
-    lr: float = 1e-3 # peak learning rate (AdamW)
-    weight_decay: float|None = None # AdamW weight decay; None: the model's default (0.05 LoRA, 1e-4 U-Nets)
-    steps: int = 50 # optimizer steps (YOLO: epochs are derived from it)
-    batch_size: int = 2 # images per step (and per evaluation call)
-    grad_accum: int = 1 # micro-batches accumulated per optimizer step
-    img_size: int = 512 # input side of the U-Nets and YOLO (letterboxed)
-    augment: dict|None = field(default_factory=dict) # training augmentation of every trainable model (SAM2, U-Nets, YOLO): transforms.Augment options; {}: random horizontal and vertical flips, as the reference studies train; None: none
-    train_options: dict|None = None # other trainer options: TrainConfig fields for SAM2 and U-Nets (e.g. {val_every: 100, patience: 5, skeleton_weight: 0.5}), ultralytics train arguments for YOLO
-    seed: int = 42 # run seed: initialisation, augmentation, training prompts (evaluation prompts: eval_prompt_seed)
-    threshold: float|str = 0.5 # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric; 'val_per_class[:<metric>]': one per class)
-    postprocess: str = 'none' # post-processing spec: none, or steps such as 'open3,close3,fill,min50,crf' ('min_area_val': per-class minimum areas searched on val)
-    n_figures: int = 4 # 4-panel figures saved per run
-    device: str = 'auto' # torch device: auto (cuda when available), cpu, cuda, cuda:1, ...
-    results_dir: str = 'results' # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
-    exp_name: str|None = None # readable part of the run id (default: model, dataset, subset, prompt and seed)
-    skip_inference: bool = False # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
-    gate: str|None = None # exp_id of a finished `model: gate` run on the same test images: images it calls defect-free get an empty prediction without a segmenter call; None: no gate
-    tta: list|None = None # test-time augmentation: [hflip], [vflip] or [hflip, vflip] (the mean over the image and its flips: 2, 2 or 4 passes); None: off
-    ensemble: list|None = None # model 'ensemble': exp_ids of finished runs (in results_dir) whose saved val and test probabilities are averaged
-    ensemble_weights: list|None = None # model 'ensemble': one weight per run, normalised to sum 1; None: equal weights
-    peft_method: str = 'lora' # sam2_lora adapters (peft): lora, dora (LoRA + magnitude, use_dora), layernorm (LayerNorm only, as SAC), bias_layernorm (LayerNorm and biases); lora_strategy is their scope, lora_rank/alpha/dropout only for lora, dora
-    track: list|str|None = None # experiment tracking: mlflow, tensorboard or both (training curves through Accelerate; MLflow: one run per experiment with params, row, files); None: off
-    track_experiment: str|None = None # MLflow experiment of the run (None: $MLFLOW_EXPERIMENT_NAME, else 'defect-sam'; a grid: its name)
-    embedding_store: str|None = None # SAM2: folder of an embedding store shared by runs (the frozen encoder's float32 outputs on disk, read by training and evaluation); None: the in-memory cache only
-    embedding_store_gb: float = 200 # byte bound of the embedding store in GiB (least recently used images evicted)
+    model: str = param('train', 'sam2_lora') # registered model: sam2_zeroshot, sam2_full, sam2_lora, unet, unet_r50, unetpp, dsc_unet, yolo_det, yolo_seg, yolo_sam2, sam2_unet, sam2_unet_full, gate (an image-level defect classifier), ensemble (of finished runs)
+    dataset: str = param('data', 'synthetic') # dataset kind: synthetic, severstal, supervisely, crack500, folder
+    data_root: str|None = param('data', None, canon=_data_identity) # dataset folder (None: the cache folder, for synthetic and severstal)
+    dataset_options: dict|None = param('data', None, canon=lambda c: c.reader_options()) # reader options for load_dataset, e.g. {'images': 'img', 'masks': 'ann'}; None: the kind's defaults (synthetic: {'n_images': 40})
+    test_options: dict|None = param('data', None) # reader options of a separate test set, laid over dataset_options (Crack500: {'split': 'test'}); None: the test split comes from `split`
+    split: list = param('data', factory=lambda: [0.8, 0.1, 0.1]) # train, val, test fractions of the seeded, stratified split (test 0 with test_options)
+    split_seed: int = param('data', 42) # seed of the split and of the few-shot subsets: keep it fixed so every model sees the same test images
+    class_aware: bool = param('data', False) # per-defect-class masks, training targets and metrics (else defect vs background)
+    subset_size: int|None = param('train', None, feature='training') # few-shot: train on this many images (nested, stratified subsets of the train split); None: the whole train split
+    sam2_size: str = param('train', 'tiny', feature='sam2') # SAM2.1 size: tiny, small, base_plus, large
+    sam2_image_size: int = param('train', 1024, feature='sam2_input') # side SAM2 resizes images to (1024 as pretrained; smaller only for fast tests)
+    weights: str = param('train', 'auto', feature='weights', canon=_weights_identity) # auto (pretrained, downloaded on first use), random (untrained), or a checkpoint path
+    prompt: str = param('train', 'box', feature='prompts') # SAM2 prompt: box, points_1, points_3, points_5, full_image, grid
+    prompt_source: str = param('eval', 'gt', feature='prompts', canon=_source_identity, runs='detector') # where SAM2's box prompts come from: gt (the ground truth), or a YOLO detector checkpoint (.pt) or the exp_id of a finished yolo_det run
+    prompt_kwargs: dict|None = param('train', None, feature='prompts', canon=lambda c: c.prompt_kwargs or {}) # prompt options, the same for training, validation, calibration and test: expand_ratio, jitter, n_neg, min_area, neg_ring, per_component (None: make_prompts' defaults)
+    eval_prompt_seed: int|None = param('eval', None, feature='prompts', canon=lambda c: c.eval_seed) # seed of the evaluation prompts (val, calibration, test), apart from the run seed so every model and seed is scored on the same prompts; None: split_seed
+    detector_img_size: int|None = param('eval', None, feature='prompts', when=lambda c: c.prompt_source != 'gt') # detector prompts: the detector's input size; None: the size it was trained at (its run's row, or its checkpoint)
+    lora_strategy: str = param('train', 'decoder', feature='peft') # LoRA targets: decoder, encoder_decoder, attn_mlp, all
+    lora_rank: int = param('train', 8, feature='lora', when=_lora_like) # LoRA rank r
+    lora_alpha: float = param('train', 16, feature='lora', when=_lora_like) # LoRA scaling alpha
+    lora_dropout: float = param('train', 0.05, feature='lora', when=_lora_like) # LoRA dropout
+    lr: float = param('train', 1e-3, feature='training') # peak learning rate (AdamW)
+    weight_decay: float|None = param('train', None, feature='training') # AdamW weight decay; None: the model's default (0.05 LoRA, 1e-4 U-Nets)
+    steps: int = param('train', 50, feature='training') # optimizer steps (YOLO: epochs are derived from it)
+    batch_size: int = param('train', 2, feature='training') # images per step (and per evaluation call)
+    grad_accum: int = param('train', 1, feature='training') # micro-batches accumulated per optimizer step
+    img_size: int = param('train', 512, feature='letterbox') # input side of the U-Nets and YOLO (letterboxed)
+    augment: dict|None = param('train', factory=dict, feature='training', canon=_augment_identity) # training augmentation of every trainable model (SAM2, U-Nets, YOLO): transforms.Augment options; {}: random horizontal and vertical flips, as the reference studies train; None: none
+    train_options: dict|None = param('train', None, feature='training', canon=_train_options_identity) # other trainer options: TrainConfig fields for SAM2 and U-Nets (e.g. {val_every: 100, patience: 5, skeleton_weight: 0.5}), ultralytics train arguments for YOLO
+    seed: int = param('seed', 42) # run seed: initialisation, augmentation, training prompts (evaluation prompts: eval_prompt_seed)
+    threshold: float|str = param('score', 0.5) # probability threshold, or 'val' to calibrate it on the validation split for mIoU ('val:<metric>' for another metric; 'val_per_class[:<metric>]': one per class)
+    postprocess: str = param('score', 'none', canon=lambda c: str(PostProcess.from_spec(c.postprocess))) # post-processing spec: none, or steps such as 'open3,close3,fill,min50,crf' ('min_area_val': per-class minimum areas searched on val)
+    n_figures: int = param('run', 4) # 4-panel figures saved per run
+    device: str = param('run', 'auto') # torch device: auto (cuda when available), cpu, cuda, cuda:1, ...
+    results_dir: str = param('run', 'results') # results folder: experiments.csv, one folder per run, split manifests, checkpoints, figures
+    exp_name: str|None = param('name', None) # readable part of the run id (default: model, dataset, subset, prompt and seed)
+    skip_inference: bool = param('run', False) # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
+    gate: str|None = param('eval', None, feature='images', runs='gate') # exp_id of a finished `model: gate` run on the same test images: images it calls defect-free get an empty prediction without a segmenter call; None: no gate
+    tta: list|None = param('eval', None, feature='images') # test-time augmentation: [hflip], [vflip] or [hflip, vflip] (the mean over the image and its flips: 2, 2 or 4 passes); None: off
+    ensemble: list|None = param('eval', None, feature='ensemble', runs='segmenter') # model 'ensemble': exp_ids of finished runs (in results_dir) whose saved val and test probabilities are averaged
+    ensemble_weights: list|None = param('eval', None, feature='ensemble', canon=_ensemble_weights_identity) # model 'ensemble': one weight per run, normalised to sum 1; None: equal weights
+    peft_method: str = param('train', 'lora', feature='peft') # sam2_lora adapters (peft): lora, dora (LoRA + magnitude, use_dora), layernorm (LayerNorm only, as SAC), bias_layernorm (LayerNorm and biases); lora_strategy is their scope, lora_rank/alpha/dropout only for lora, dora
+    track: list|str|None = param('run', None) # experiment tracking: mlflow, tensorboard or both (training curves through Accelerate; MLflow: one run per experiment with params, row, files); None: off
+    track_experiment: str|None = param('run', None) # MLflow experiment of the run (None: $MLFLOW_EXPERIMENT_NAME, else 'defect-sam'; a grid: its name)
+    embedding_store: str|None = param('run', None) # SAM2: folder of an embedding store shared by runs (the frozen encoder's float32 outputs on disk, read by training and evaluation); None: the in-memory cache only
+    embedding_store_gb: float = param('run', 200) # byte bound of the embedding store in GiB (least recently used images evicted)
 
     def __post_init__(self): self.validate()
 
@@ -171,8 +220,8 @@ def _check_threshold(t):
         raise ConfigError(f"threshold {t!r}: cannot calibrate for {m[1]!r}; metrics: {', '.join(CALIBRATION_METRICS)}")
 
 def _trains(self:ExperimentConfig) -> bool:
-    "Does this model train (everything except zero-shot SAM2)?"
-    return self.model not in ('sam2_zeroshot', 'ensemble')
+    "Does this model train (its registry features include training)?"
+    return 'training' in model_features(self.model)
 ExperimentConfig.trains = property(_trains)
 
 _SET_BY_EXPERIMENT = ('steps', 'batch_size', 'grad_accum', 'lr', 'weight_decay', 'seed', 'prompt', 'class_aware', 'augment', 'progress')
@@ -337,72 +386,93 @@ ExperimentConfig.to_dict = _to_dict
 ExperimentConfig.to_yaml = _to_yaml
 
 # %% ../../nbs/60_experiments.config.ipynb #510191a7
-_EVAL_ONLY = ('threshold', 'postprocess') # parameters applied to saved probabilities
-_DATA = ('model', 'dataset', 'dataset_options', 'test_options', 'split', 'split_seed', 'class_aware', 'seed')
-_SAM = ('sam2_size', 'sam2_image_size', 'weights', 'prompt', 'prompt_source', 'prompt_kwargs', 'eval_prompt_seed', 'detector_img_size')
-_LORA = ('lora_strategy', 'lora_rank', 'lora_alpha', 'lora_dropout')
-_TRAIN = ('subset_size', 'lr', 'weight_decay', 'steps', 'batch_size', 'grad_accum', 'augment', 'train_options')
-
 def _reader_options(self:ExperimentConfig) -> dict:
     "The dataset reader's options (`dataset_options`, or the kind's defaults)."
     if self.dataset_options is not None: return dict(self.dataset_options)
     return {'n_images': 40} if self.dataset == 'synthetic' else {}
 
-def _used_params(self:ExperimentConfig) -> dict:
-    "The parameters this model uses, with canonical values, in field order."
-    fam = model_family(self.model)
-    keep = set(_DATA) | set(_EVAL_ONLY)
-    if fam == 'sam2': keep |= set(_SAM)
-    if fam in ('unet', 'yolo', 'pipeline', 'gate'): keep |= {'img_size', 'weights'}
-    if fam == 'pipeline': keep |= {'sam2_size', 'sam2_image_size'}
-    if self.model in ('sam2_unet', 'sam2_unet_full'): keep |= {'sam2_size'} | ({'lora_rank', 'lora_alpha', 'lora_dropout'} if self.model == 'sam2_unet' else set())
-    if self.model == 'sam2_lora':
-        keep |= set(_LORA) if self.peft_method in ('lora', 'dora') else {'lora_strategy'}   # LayerNorm methods: no rank
-        if self.peft_method != 'lora': keep.add('peft_method')   # absent for LoRA: earlier runs keep their ids
-    if self.trains: keep |= set(_TRAIN)
-    if self.prompt_source == 'gt': keep.discard('detector_img_size')
-    if self.tta: keep.add('tta')   # only when on: the ids of runs without TTA stay as they were
-    if fam == 'ensemble': keep |= {'ensemble', 'ensemble_weights'}
-    d = {k: v for k, v in self.to_dict().items() if k in keep}
-    if 'eval_prompt_seed' in d: d['eval_prompt_seed'] = self.eval_seed
-    d['dataset_options'] = self.reader_options()
-    d['postprocess'] = str(PostProcess.from_spec(self.postprocess))
-    if self.gate is not None: d['gate'] = self.gate   # only when set: runs without a gate keep their ids
-    return d
+IDENTITY_ROLES = ('data', 'train', 'eval', 'score', 'seed') # the roles that make a run what it is
+
+def _used_params(self:ExperimentConfig, roles:tuple=IDENTITY_ROLES) -> dict:
+    "The fields of `roles` this model uses (its registry features), with their canonical values, in field order."
+    feats, out = model_features(self.model), {}
+    for f in fields(self):
+        m = f.metadata
+        if m['role'] not in roles or (m['feature'] is not None and m['feature'] not in feats): continue
+        if m['when'] is not None and not m['when'](self): continue
+        out[f.name] = m['canon'](self) if m['canon'] is not None else getattr(self, f.name)
+    return out
+
+def _other_runs(self:ExperimentConfig) -> list:
+    "(field, run name, registry role) of every finished run this run uses: a detector run as prompt_source, a gate, ensemble members."
+    used, out = self.used_params(), []
+    for f in fields(self):
+        role = f.metadata['runs']
+        if role is None or f.name not in used: continue
+        v = getattr(self, f.name)
+        names = v if isinstance(v, list) else [] if v is None else [v]
+        out += [(f.name, n, role) for n in names if n != 'gt' and Path(n).suffix != '.pt']   # 'gt' and checkpoint files are not runs
+    return out
+ExperimentConfig.other_runs = _other_runs
+
+def field_roles() -> dict:
+    "name -> role of every ExperimentConfig field."
+    return {f.name: f.metadata['role'] for f in fields(ExperimentConfig)}
 
 ExperimentConfig.reader_options = _reader_options
 ExperimentConfig.used_params = _used_params
 
 # %% ../../nbs/60_experiments.config.ipynb #8302b983
-def _key(self:ExperimentConfig, drop=()) -> str:
-    return params_hash({k: v for k, v in self.used_params().items() if k not in drop})
+KEY_ROLES = {
+    'params_hash': IDENTITY_ROLES, # one run
+    'train_key': ('data', 'train', 'seed'), # one trained model
+    'inference_key': ('data', 'train', 'eval', 'seed'), # one set of saved probabilities
+    'config_key': ('data', 'train', 'eval', 'score'), # one configuration (its runs differ only in the seed)
+    'data_key': ('data',), # one test set: split manifests, one report panel
+} # each key of a run and the roles it hashes
 
-def _params_hash(self:ExperimentConfig) -> str:
-    "Hash of every used parameter (the run's identity)."
-    return _key(self)
+def _key(roles:tuple):
+    def get(self:ExperimentConfig) -> str: return params_hash(self.used_params(roles))
+    return property(get)
 
-def _train_key(self:ExperimentConfig) -> str:
-    "Hash of the parameters training depends on."
-    return _key(self, _EVAL_ONLY + ('prompt_source', 'gate', 'tta'))   # TTA runs reuse the trained model
+for _k, _r in KEY_ROLES.items(): setattr(ExperimentConfig, _k, _key(_r))
+ID_LINES = ('exp_id', *KEY_ROLES) # what a run's params.yaml records after its parameters
 
-def _inference_key(self:ExperimentConfig) -> str:
-    "Hash of the parameters the saved probabilities depend on."
-    return _key(self, _EVAL_ONLY)
+def read_params(path:str|Path) -> dict:
+    "The parameters in a YAML file (a run's params.yaml: its id lines dropped); a bad file is a `ConfigError` naming it."
+    p = Path(path)
+    if not p.is_file(): raise ConfigError(f"{p}: file not found")
+    try: d = yaml.safe_load(p.read_text(encoding='utf-8')) or {}
+    except yaml.YAMLError as e: raise ConfigError(f"{p}: not readable YAML ({e})") from None
+    if not isinstance(d, dict): raise ConfigError(f"{p}: expected a mapping of parameters")
+    return {k: v for k, v in d.items() if k not in ID_LINES}
 
 def _exp_id(self:ExperimentConfig) -> str:
     "The run id: readable parts (or `exp_name`) and the first 8 characters of the parameters hash."
     if self.exp_name: return f'{self.exp_name}-{self.params_hash[:8]}'
+    feats = model_features(self.model)
     parts = [self.model, self.dataset]
-    if self.trains: parts.append(f'n{self.subset_size}' if self.subset_size else 'full')
-    if model_family(self.model) == 'sam2': parts.append(self.prompt if self.prompt_source == 'gt' else f'{self.prompt}-det')
-    if self.gate is not None: parts.append('gated')
+    if 'training' in feats: parts.append(f'n{self.subset_size}' if self.subset_size else 'full')
+    if 'prompts' in feats: parts.append(self.prompt if self.prompt_source == 'gt' else f'{self.prompt}-det')
+    if self.gate is not None and 'images' in feats: parts.append('gated')
     parts.append(f's{self.seed}')
     return '-'.join(parts + [self.params_hash[:8]])
 
-ExperimentConfig.params_hash = property(_params_hash)
-ExperimentConfig.train_key = property(_train_key)
-ExperimentConfig.inference_key = property(_inference_key)
+def _data_name(self:ExperimentConfig) -> str:
+    "The data's name in tables and figures: the kind, and the folder's name when it was read from one."
+    return self.dataset if self.data_root is None else f'{self.dataset}:{Path(self.data_root).expanduser().name}'
+
+def _identity(self:ExperimentConfig) -> dict:
+    "What the run records about what it is: every key, and the used fields by role (run fields as given)."
+    roles = field_roles()
+    used = self.used_params()
+    return {**{k: getattr(self, k) for k in KEY_ROLES}, 'exp_id': self.exp_id,
+            'used': {r: {k: v for k, v in used.items() if roles[k] == r} for r in IDENTITY_ROLES},
+            'run': {k: getattr(self, k) for k, r in roles.items() if r in ('run', 'name')}}
+
 ExperimentConfig.exp_id = property(_exp_id)
+ExperimentConfig.data_name = property(_data_name)
+ExperimentConfig.identity = _identity
 
 # %% ../../nbs/60_experiments.config.ipynb #8b219f98
 _GROUPS = {'model': 'model and data', 'sam2_size': 'SAM2', 'lora_strategy': 'LoRA', 'lr': 'training',

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from ..evaluation.metrics import check_probs
 from ..evaluation.postprocess import PostProcess
 from ..evaluation.evaluate import EvalResult, four_panel_writer, load_probabilities, quantize, read_saved, save_prediction, summary_figures
 from ..evaluation.perclass import postprocess_from_dict
-from .table import finished_row, read_results, resolve_path
+from .table import find_run, finished_row, resolve_path
 from .row import prompt_regime
 
 # %% auto #0
@@ -30,21 +29,13 @@ def _weights(cfg) -> np.ndarray:
     return w / w.sum()
 
 # %% ../../nbs/66_experiments.ensemble.ipynb #51cb7b54
-def _by_exp_name(results_dir, name:str) -> dict:
-    "The one finished run named `name` (exp_id `<name>-<8 hex>`, from `exp_name`), so a grid can name members before they exist."
-    t = read_results(Path(results_dir)/'experiments.csv')
-    hit = t[t.exp_id.str.fullmatch(re.escape(name) + r'-[0-9a-f]{8}', na=False)]
-    if len(hit) == 1: return hit.iloc[0].to_dict()
-    if len(hit) > 1: raise ConfigError(f"ensemble member {name!r}: {len(hit)} runs carry this exp_name ({', '.join(hit.exp_id)}); give the exp_id")
-    raise ConfigError(f"ensemble member {name!r}: no such finished run (exp_id or exp_name) in {Path(results_dir)/'experiments.csv'}")
-
 def member_runs(results_dir:str|Path, # the results folder holding the members
                 exp_ids:list, # the members' exp_ids (or exp_names that name exactly one finished run)
                ) -> list[dict]: # per member: exp_id, row, pred_dir (the folder holding val/ and test/ predictions)
     "The members' rows and where their saved predictions are; raises `ConfigError` naming a member that cannot be used."
     out = []
     for e in exp_ids:
-        row = finished_row(results_dir, e) or _by_exp_name(results_dir, e)
+        row = find_run(results_dir, e, 'ensemble member')
         if row.get('model') == 'ensemble': raise ConfigError(f"ensemble member {e!r} is itself an ensemble; list its members instead")
         dirs = [resolve_path(results_dir, row.get('run_dir'))]
         src = row.get('predictions_from')

@@ -15,10 +15,11 @@ from ..core.io import write_json_atomic
 from ..data.splits import ids_hash
 from ..evaluation.evaluate import evaluate
 from ..models.base import Segmenter
+from ..models.registry import check_role
 from ..models.gate import build_gate, calibrate_gate, dataset_image_probs, GateClassifier, GateDecision, GatedSegmenter, image_scores
 from ..training.loop import load_checkpoint
 from .config import threshold_spec
-from .table import finished_row, resolve_path
+from .table import find_run, resolve_path
 
 # %% auto #0
 __all__ = ['gate_validate_and_test', 'load_gate_run', 'check_gate', 'gated']
@@ -54,10 +55,9 @@ def load_gate_run(results_dir:str|Path, # the results folder holding the gate ru
                   exp_id:str, # the gate run's exp_id
                   device:str='cpu') -> tuple: # (GateClassifier with its trained weights, its gate.json record)
     "The trained gate of a finished `gate` run, and its record (thresholds, classes, test ids)."
-    row = finished_row(results_dir, exp_id)
+    row = find_run(results_dir, exp_id, 'gate')
     table = Path(results_dir)/'experiments.csv'
-    if row is None: raise ConfigError(f"gate={exp_id!r}: no finished run of that id in {table}")
-    if row['model'] != 'gate': raise ConfigError(f"gate={exp_id!r} is a {row['model']} run, not a gate run (model: gate)")
+    check_role(row['model'], 'gate', f"gate {exp_id!r}")
     run_dir = resolve_path(results_dir, row['run_dir'])
     f = run_dir/'gate.json' if run_dir is not None else None
     if f is None or not f.is_file(): raise DataError(f"gate run {exp_id!r}: {f} not found (the run did not finish?)")
@@ -70,12 +70,8 @@ def load_gate_run(results_dir:str|Path, # the results folder holding the gate ru
 
 def check_gate(cfg, # ExperimentConfig of a segmentation run with `gate` set
                parts:dict) -> tuple: # the run's splits
-    "The run's gate and its record, after checking it was made on the same test images (run before training: fails fast)."
+    "The run's gate and its record, after checking its classes fit the run's (that it saw none of the run's test images: `run.check_other_runs`)."
     gate, rec = load_gate_run(cfg.results_dir, cfg.gate, cfg.device)
-    if rec['test_ids'] != ids_hash(parts['test'].ids):
-        raise ConfigError(f"gate={cfg.gate!r} was made on other test images ({rec['n_test']} images, ids hash {rec['test_ids']}) than this run "
-                          f"({len(parts['test'])}, {ids_hash(parts['test'].ids)}); its training images may be this run's test images. "
-                          f"Train the gate with the same dataset, dataset_options, split and split_seed.")
     C, gc = (max(len(parts['test'].classes) - 1, 1) if cfg.class_aware else 1), len(rec['thresholds'])
     if gc not in (1, C): raise ConfigError(f"gate={cfg.gate!r} has {gc} classes, this run {C}: use a binary gate or one with the run's classes")
     return gate, rec

@@ -17,12 +17,12 @@ from filelock import FileLock
 
 from ..core.errors import ConfigError, DataError
 from ..data.transforms import augment_summary
-from ..models.registry import build_model, model_family
+from ..models.registry import build_model, check_role, model_family
 from ..models.yolo import yolo_augment_args, YoloSam2
 from ..training.loop import train
 from ..training.distributed import is_main_process
 from .config import ExperimentConfig, train_config
-from .table import finished_row, resolve_path
+from .table import find_run, resolve_path
 
 # %% auto #0
 __all__ = ['letterbox_box', 'run_num_classes', 'build_experiment_model', 'detector_source', 'detector_prompts', 'checkpoint_dir',
@@ -88,9 +88,8 @@ def detector_source(cfg:ExperimentConfig, # prompt_source names the detector (no
     src = cfg.prompt_source
     p, size, size_from = Path(src).expanduser(), cfg.detector_img_size, 'detector_img_size'
     if p.suffix != '.pt':
-        row = finished_row(cfg.results_dir, src)
-        if row is None: raise ConfigError(f"prompt_source={src!r} is neither a .pt checkpoint nor the exp_id of a run in {Path(cfg.results_dir)/'experiments.csv'}")
-        if row['model'] not in ('yolo_det', 'yolo_seg'): raise ConfigError(f"prompt_source={src!r} is a {row['model']} run, not a YOLO detector")
+        row = find_run(cfg.results_dir, src, 'prompt source (neither a .pt checkpoint nor a finished run)')
+        check_role(row['model'], 'detector', f"prompt source {src!r}")
         p = resolve_path(cfg.results_dir, row['ckpt_path'])
         if p is None: raise DataError(f"run {src!r} recorded no checkpoint")
         if size is None and not pd.isna(row.get('img_size')): size, size_from = int(row['img_size']), f'run {src}'

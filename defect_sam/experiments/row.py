@@ -89,6 +89,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
                 total_s:float, # run wall time
                 run_dir:Path, per_image_csv:Path, # where the run's files are
                 predictions_from:str|None=None, # exp_id whose saved predictions were re-scored
+                data:dict|None=None, # the run's data record (`experiments.data.data_record`): its content digest
                ) -> dict:
     "One run's row of the results table."
     fam, s, tr = model_family(cfg.model), test.summary, cfg.trains
@@ -139,6 +140,8 @@ def results_row(cfg:ExperimentConfig, # the experiment
     row |= {'ensemble_members': None, 'ensemble_weights': None}
     if fam == 'ensemble':
         row |= ensemble_row_fields(model_info, row)
+    row |= {'config_key': cfg.config_key, 'data_key': cfg.data_key, 'data_name': cfg.data_name,
+            'data_fingerprint': (data or {}).get('fingerprint')}
     assert list(row) == list(RESULT_COLUMNS), 'row keys follow RESULT_COLUMNS'
     return row
 

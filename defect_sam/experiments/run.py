@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -20,16 +22,16 @@ import yaml
 from ..core.errors import ConfigError
 from ..core.io import atomic_write, jsonable, write_json_atomic, write_text_atomic
 from ..core.seeding import seed_everything
-from ..core.provenance import git_commit, package_version, package_versions
+from ..core.provenance import environment, environment_text, git_commit, package_version, package_versions
 from ..core.progress import RunProgress, terminal_progress
 from ..evaluation.metrics import EMPTY_CONVENTION, MemoryMonitor
 from ..evaluation.postprocess import PostProcess
 from ..evaluation.evaluate import EvalResult
-from ..models.registry import model_family
+from ..models.registry import check_role, model_family
 from ..training.distributed import init_processes, local_device, process_rank, wait_for_everyone
-from .config import ExperimentConfig, threshold_spec
-from .table import append_result, finished_row, relative_to, remove_result
-from .data import experiment_data, manifest_dir
+from .config import ExperimentConfig, field_roles, ID_LINES, threshold_spec
+from .table import append_result, find_run, finished_row, relative_to, resolve_path
+from .data import check_no_leak, data_record, experiment_data, manifest_dir, read_data_record
 from .model import build_experiment_model, train_experiment_model
 from .tracking import MlflowRun
 from .gating import check_gate
@@ -38,7 +40,7 @@ from .scoring import rescore_saved, saved_source, validate_and_test
 from .row import per_image_csv_name, results_row
 
 # %% auto #0
-__all__ = ['ExperimentResult', 'run_status', 'run_experiment', 'ensemble_config', 'run_ensemble']
+__all__ = ['ATTEMPTS', 'ExperimentResult', 'run_status', 'check_other_runs', 'run_experiment', 'ensemble_config', 'run_ensemble']
 
 # %% ../../nbs/69_experiments.run.ipynb #e662ab33
 @dataclass
@@ -58,20 +60,61 @@ class ExperimentResult:
         r = self.row
         return f"ExperimentResult({r['exp_id']}: test mIoU {r['test_mIoU']:.4f}, Dice {r['test_Dice']:.4f}, threshold {r['threshold']:g})"
 
-def _mark_failed(run_dir:Path, exp_id:str, stage:str, e:BaseException):
+def _mark_failed(run_dir:Path, exp_id:str, stage:str, e:BaseException, kept:Path|None=None):
     info = {'exp_id': exp_id, 'stage': stage, 'error': type(e).__name__, 'message': str(e),
             'traceback': ''.join(traceback.format_exception(type(e), e, e.__traceback__)),
             'time': dt.datetime.now().isoformat(timespec='seconds')}
     try: write_json_atomic(run_dir/'FAILED.json', info)
     except OSError: pass   # the original error matters more than the marker
-    if hasattr(e, 'add_note'): e.add_note(f"experiment {exp_id} failed during {stage}; no results row was written (see {run_dir/'FAILED.json'})")
+    if hasattr(e, 'add_note'):
+        e.add_note(f"experiment {exp_id} failed during {stage}; no results row was written (see {run_dir/'FAILED.json'})" +
+                   (f"; its finished run {kept} and row are kept as they were" if kept else ''))
+
+ATTEMPTS = '.attempts' # the folder of a results folder where runs are made before they replace their finished version
+
+def _attempts(results:Path, exp_id:str, kind:str) -> list[Path]:
+    d = results/ATTEMPTS
+    return sorted(d.glob(f'{exp_id}.{kind}-*')) if d.exists() else []
+
+def _recover(results:Path, exp_id:str):
+    "A run folder moved aside by a swap that was interrupted goes back in place."
+    run_dir, aside = results/exp_id, _attempts(results, exp_id, 'replaced')
+    if aside and not run_dir.exists(): os.replace(aside[-1], run_dir)
+    for p in _attempts(results, exp_id, 'replaced'): shutil.rmtree(p, ignore_errors=True)
+
+def _swap_in(work:Path, run_dir:Path):
+    "Put a finished attempt in place of the run folder (the old one is moved aside, then removed)."
+    aside = None
+    if run_dir.exists():
+        aside = work.parent/f"{run_dir.name}.replaced-{work.name.rsplit('-', 2)[-2]}-{work.name.rsplit('-', 1)[-1]}"
+        os.replace(run_dir, aside)
+    os.replace(work, run_dir)
+    if aside is not None: shutil.rmtree(aside, ignore_errors=True)
+
+def _keep_predictions(src:Path, dst:Path):
+    "The saved val/ and test/ predictions of a run folder, linked (or copied) into the attempt that replaces it."
+    def link(a, b):
+        try: os.link(a, b)
+        except OSError: shutil.copy2(a, b)   # another filesystem, or no hard links
+    for split in ('val', 'test'):
+        if (src/split/'predictions').exists(): shutil.copytree(src/split/'predictions', dst/split/'predictions', copy_function=link)
 
 def run_status(results_dir:str|Path, exp_id:str) -> str:
-    "'done' (row and done.json), 'failed', 'partial' (a folder without either: interrupted) or 'new'."
-    d = Path(results_dir)/exp_id
+    "'done' (row and done.json), 'failed', 'partial' (an attempt was interrupted, or a folder without either) or 'new'."
+    results = Path(results_dir); d = results/exp_id
+    _recover(results, exp_id)
     if (d/'done.json').exists() and finished_row(results_dir, exp_id) is not None: return 'done'
     if (d/'FAILED.json').exists(): return 'failed'
-    return 'partial' if d.exists() else 'new'
+    return 'partial' if d.exists() or _attempts(results, exp_id, 'attempt') else 'new'
+
+def check_other_runs(cfg:ExperimentConfig, # the run
+                     record:dict) -> None: # its data_record
+    "Before a run uses other finished runs (a detector, a gate, ensemble members), check each can play its part and saw none of this run's test images."
+    for name, other, role in cfg.other_runs():
+        part = {'prompt_source': 'prompt source', 'gate': 'gate', 'ensemble': 'ensemble member'}.get(name, name)
+        row = find_run(cfg.results_dir, other, part)
+        check_role(row['model'], role, f"{part} {row['exp_id']!r}")
+        check_no_leak(record, read_data_record(resolve_path(cfg.results_dir, row['run_dir']), row['exp_id']), cfg.exp_id, row['exp_id'], part)
 
 def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a config, a dict, or None for the defaults)
                    progress:bool|str=True, # True: bars, phase lines on stderr; 'terminal': text bars and phases on the terminal only (not in a notebook); False: none
@@ -87,16 +130,23 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
         with terminal_progress() as s: return _run(cfg, True, RunProgress(cfg.exp_id, s))
     return _run(cfg, bool(progress), RunProgress(cfg.exp_id, sys.stderr if progress else None))
 
+def _moved(o, old:str, new:str):
+    "`o` with every path string under `old` moved under `new` (what a run recorded while it was being made elsewhere)."
+    if isinstance(o, dict): return {k: _moved(v, old, new) for k, v in o.items()}
+    if isinstance(o, list): return [_moved(v, old, new) for v in o]
+    return new + o[len(old):] if isinstance(o, str) and o.startswith(old) else o
+
 def _run(cfg:ExperimentConfig, progress:bool, phase) -> ExperimentResult:
-    "The body of `run_experiment`; `phase` reports each phase as it starts."
+    "The body of `run_experiment`: made in an attempt folder, which replaces the run folder (and the row) only when it succeeds."
     results, eid = Path(cfg.results_dir), cfg.exp_id
     run_dir = results/eid
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _recover(results, eid)
+    for p in _attempts(results, eid, 'attempt'): shutil.rmtree(p, ignore_errors=True)   # what an interrupted attempt left
+    work = results/ATTEMPTS/f"{eid}.attempt-{dt.datetime.now():%Y%m%d%H%M%S}-{os.getpid()}"
+    work.mkdir(parents=True)
     table = results/'experiments.csv'
-    remove_result(eid, table)
-    for m in ('done.json', 'FAILED.json'): (run_dir/m).unlink(missing_ok=True)
-    write_text_atomic(run_dir/'params.yaml', cfg.to_yaml() + yaml.safe_dump(
-        {'exp_id': eid, 'params_hash': cfg.params_hash, 'train_key': cfg.train_key, 'inference_key': cfg.inference_key}, sort_keys=False))
+    write_text_atomic(work/'params.yaml', cfg.to_yaml() + yaml.safe_dump({k: getattr(cfg, k) for k in ID_LINES}, sort_keys=False))
+    write_text_atomic(work/'environment.txt', environment_text(environment(cfg.device)))
     stage, t0, tracker = 'data', time.perf_counter(), None
     try:
         lw = (cfg.train_options or {}).get('log_with') if model_family(cfg.model) in ('sam2', 'unet') else None
@@ -105,43 +155,48 @@ def _run(cfg:ExperimentConfig, progress:bool, phase) -> ExperimentResult:
         seed_everything(cfg.seed)
         with MemoryMonitor() as mon:
             parts = experiment_data(cfg)
+            record = data_record(cfg, parts)
+            write_json_atomic(work/'data.json', record)
+            check_other_runs(cfg, record)   # a detector, gate or member from other data fails here, before any training
             n = {k: len(v) for k, v in parts.items()}
             train_info, src_row, model_info = {}, None, {}
             if cfg.skip_inference or cfg.model == 'ensemble':
                 stage = 'rescore'
                 phase('evaluate test', '(re-scoring saved predictions)')
-                if cfg.skip_inference: source, src_row = saved_source(cfg, run_dir)
+                if cfg.skip_inference:
+                    source, src_row = saved_source(cfg, run_dir)
+                    if source == run_dir: _keep_predictions(run_dir, work)   # re-scored in place: the new run folder keeps them
                 else:   # an ensemble: the mean of its members' saved probabilities, then scored like saved predictions
-                    source = average_saved_runs(cfg, parts, run_dir, progress)
-                val, test, thr, thr_from = rescore_saved(cfg, parts, source, progress)
+                    source = average_saved_runs(cfg, parts, work, progress)
+                val, test, thr, thr_from = rescore_saved(cfg, parts, source, work, progress)
                 model_info = test.extras.get('model', {})
             else:
                 stage = 'model'; phase('model', f'({cfg.model})')
-                if cfg.gate is not None:   # a gate from another split fails here, before any training
-                    check_gate(cfg, parts)
+                if cfg.gate is not None: check_gate(cfg, parts)   # its classes fit the run's
                 model = build_experiment_model(cfg, parts['train'])
                 if cfg.trains:
                     stage = 'train'; phase('train', f"({cfg.steps} steps, {n['train']} images)")
                     train_info = train_experiment_model(cfg, model, parts, progress, tracker.train_options() if tracker else None)
                 stage = 'evaluate'
-                val, test, thr, thr_from = validate_and_test(cfg, model, parts, run_dir, progress, phase)
+                val, test, thr, thr_from = validate_and_test(cfg, model, parts, work, progress, phase)
                 model_info = model.info()
         stage = 'write'; phase('write')
         total = time.perf_counter() - t0
         now = dt.datetime.now()
-        csv_path = run_dir/'per_image.csv'   # named below, once the row is known
-        row = results_row(cfg, test, val, thr, thr_from, train_info, model_info, n, mon.results(), total, run_dir, csv_path)
+        row = results_row(cfg, test, val, thr, thr_from, train_info, model_info, n, mon.results(), total, run_dir, run_dir/'per_image.csv',
+                          data=record)
         if src_row is not None:   # the model's own facts come from the run that made the predictions
             for k in ('avg_inference_time', 'peak_memory_mb', 'memory_device', 'train_time_s', 'ckpt_path', 'total_time_s', 'augment',
                       'trainable_params'):
                 row[k] = src_row.get(k)
             row['predictions_from'] = src_row.get('exp_id')
-        csv_path = run_dir/per_image_csv_name(cfg, row, now)
-        row['per_image_csv'] = relative_to(csv_path, results)
-        for old in run_dir.glob('exp_*.csv'): old.unlink()
-        with atomic_write(csv_path, 'w') as f: test.table.to_csv(f, index=False)
-        write_json_atomic(run_dir/'summary.json', jsonable({
-            'exp_id': eid, 'row': row, 'config': cfg.to_dict(), 'used_params': cfg.used_params(),
+        csv_name = per_image_csv_name(cfg, row, now)
+        row['per_image_csv'] = relative_to(run_dir/csv_name, results)
+        with atomic_write(work/csv_name, 'w') as f: test.table.to_csv(f, index=False)
+        for r in (test, val):
+            if r is not None: r.extras = _moved(r.extras, str(work), str(run_dir))
+        write_json_atomic(work/'summary.json', jsonable({
+            'exp_id': eid, 'row': row, 'config': cfg.to_dict(), 'identity': cfg.identity(), 'used_params': cfg.used_params(),
             'test': {'summary': test.summary, 'extras': test.extras},
             'validation': {'summary': val.summary, 'extras': val.extras} if val else None,
             'threshold': {'value': thr, 'from': thr_from, 'calibration_metric': threshold_spec(cfg)[1]},
@@ -149,21 +204,24 @@ def _run(cfg:ExperimentConfig, progress:bool, phase) -> ExperimentResult:
             'train': train_info, 'model': model_info,
             'provenance': {'defect_sam_version': package_version(), 'git_commit': git_commit(), 'params_hash': cfg.params_hash,
                            'python': platform.python_version(), 'platform': platform.platform(),
-                           'packages': package_versions(), 'split_manifests': str(manifest_dir(cfg))}}))
+                           'packages': package_versions(), 'split_manifests': str(manifest_dir(cfg)),
+                           'data_fingerprint': record['fingerprint'], 'environment': 'environment.txt'}}))
+        write_json_atomic(work/'row.json', jsonable(row))
         if tracker:
             tr = train_info.get('train') or {}
-            tracker.finish(row, [csv_path, run_dir/'summary.json', run_dir/'params.yaml', run_dir/'test'/'figures'], tr.get('log'),
+            tracker.finish(row, [work/csv_name, work/'summary.json', work/'params.yaml', work/'test'/'figures'], tr.get('log'),
                            Path(tr['out_dir'])/'train'/'results.csv' if train_info.get('trainer') == 'ultralytics' else None)
-        append_result(row, table)
-        write_json_atomic(run_dir/'done.json', {'exp_id': eid, 'finished': row['timestamp'], 'per_image_csv': row['per_image_csv']})
+        write_json_atomic(work/'done.json', {'exp_id': eid, 'finished': row['timestamp'], 'per_image_csv': row['per_image_csv']})
+        _swap_in(work, run_dir)   # the finished run replaces the old one whole ...
+        append_result(row, table)   # ... then its row replaces the old row
     except BaseException as e:
-        _mark_failed(run_dir, eid, stage, e)
+        if work.exists():   # (after the swap only the table's row can be missing: its row.json holds it)
+            keep = run_status(results, eid) == 'done'   # a finished run is not lost to a failed re-run
+            _mark_failed(work, eid, stage, e, run_dir if keep else None)
+            if not keep: _swap_in(work, run_dir)   # the failure is the run's state
         if tracker:
             try: tracker.fail(stage, e)
             except Exception as te: warnings.warn(f"{eid}: could not mark the MLflow run {tracker.run_id} failed ({te})")
-        if stage == 'write':
-            try: remove_result(eid, table)   # the row may have gone in before the failure
-            except Exception: pass
         raise
     if process_rank()[1] > 1: wait_for_everyone()   # the other ranks return once rank 0's files are written
     return ExperimentResult(row, test, val, run_dir, cfg)
@@ -185,8 +243,6 @@ def _other_rank(cfg:ExperimentConfig) -> None:
     wait_for_everyone()
 
 # %% ../../nbs/69_experiments.run.ipynb #82cbccc0
-_MEMBER_DATA = ('dataset', 'data_root', 'dataset_options', 'test_options', 'split', 'split_seed', 'class_aware', 'seed', 'results_dir')
-
 def ensemble_config(exp_ids:list, # the members' exp_ids
                     results_dir:str|Path='results', # the results folder holding them (the ensemble's row goes there too)
                     weights:list|None=None, # one weight per member (default equal)
@@ -196,7 +252,7 @@ def ensemble_config(exp_ids:list, # the members' exp_ids
     p = members[0]['pred_dir']/'summary.json'
     if not p.exists(): raise ConfigError(f"ensemble member {members[0]['exp_id']!r}: {p} not found; cannot read its parameters")
     base = json.loads(p.read_text())['config']
-    d = {k: base[k] for k in _MEMBER_DATA if k in base}
+    d = {k: base[k] for k, r in field_roles().items() if r in ('data', 'seed') and k in base}   # the members' data, split and seed
     d.update(results_dir=str(results_dir), model='ensemble', ensemble=list(exp_ids), ensemble_weights=weights, threshold='val')
     return ExperimentConfig.from_dict(d, 'ensemble', **overrides)
 

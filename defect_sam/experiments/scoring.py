@@ -30,10 +30,10 @@ def _eval_kwargs(cfg:ExperimentConfig, model) -> dict:
     return dict(prompt=cfg.prompt if prompted else None, class_aware=cfg.class_aware, seed=cfg.eval_seed, batch_size=cfg.batch_size,
                 prompt_kwargs=cfg.prompt_kwargs if prompted else None)
 
-def _per_class_val(cfg:ExperimentConfig, val_dir:Path, val_ds, progress:bool) -> tuple:
+def _per_class_val(cfg:ExperimentConfig, val_dir:Path, val_ds, progress:bool, run_dir:Path) -> tuple:
     "(ClassPostProcess, row threshold, threshold_from, calibration dict) searched on the saved predictions in `val_dir`."
     cal = calibrate_per_class(val_dir, val_ds, cfg.threshold, cfg.postprocess, progress=progress,
-                              write_table=Path(cfg.results_dir)/cfg.exp_id/'per_class_calibration.csv')
+                              write_table=run_dir/'per_class_calibration.csv')
     pp, metric = cal.postprocess, per_class_metric(cfg.threshold)
     if metric is None: return pp, cfg.threshold, 'fixed', cal.to_dict()
     return pp, pp.class_thresholds[0] if pp.num_classes == 1 else float('nan'), f'val_per_class:{metric}', cal.to_dict()
@@ -68,7 +68,7 @@ def validate_and_test(cfg:ExperimentConfig, # the experiment
             fixed = float(val.calibration.threshold)
             val = evaluate_saved(run_dir/'val', parts['val'], fixed, pp, progress=progress)
         if per_class:
-            pp, fixed, thr_from, cal = _per_class_val(cfg, run_dir/'val', parts['val'], progress)
+            pp, fixed, thr_from, cal = _per_class_val(cfg, run_dir/'val', parts['val'], progress, run_dir)
             val = evaluate_saved(run_dir/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
     phase('evaluate test', f"({len(parts['test'])} images)")
     test = evaluate(model, parts['test'], threshold=_eval_threshold(fixed), postprocess=pp, save_dir=run_dir/'test', n_figures=cfg.n_figures,
@@ -87,7 +87,7 @@ def saved_source(cfg:ExperimentConfig, run_dir:Path) -> tuple:
     raise ConfigError(f"skip_inference: no saved predictions of this model run (inference_key {cfg.inference_key}) in "
                       f"{run_dir} or any run of {Path(cfg.results_dir)/'experiments.csv'}; run it once with skip_inference=False")
 
-def rescore_saved(cfg:ExperimentConfig, parts:dict, source:Path, progress:bool=True) -> tuple:
+def rescore_saved(cfg:ExperimentConfig, parts:dict, source:Path, run_dir:Path, progress:bool=True) -> tuple:
     "Like `validate_and_test`, from the probabilities saved under `source` (no model)."
     fixed, metric = threshold_spec(cfg)
     pp, val = PostProcess.from_spec(cfg.postprocess), None
@@ -97,10 +97,10 @@ def rescore_saved(cfg:ExperimentConfig, parts:dict, source:Path, progress:bool=T
         raise ConfigError(f"skip_inference with threshold={cfg.threshold!r}, postprocess={cfg.postprocess!r} needs saved validation predictions in {source/'val'}")
     if metric is not None:
         fixed = float(calibrate_saved(source/'val', parts['val'], metric, postprocess=pp, progress=progress).threshold)
-    if per_class: pp, fixed, thr_from, cal = _per_class_val(cfg, source/'val', parts['val'], progress)
+    if per_class: pp, fixed, thr_from, cal = _per_class_val(cfg, source/'val', parts['val'], progress, run_dir)
     if has_val: val = evaluate_saved(source/'val', parts['val'], _eval_threshold(fixed), pp, progress=progress)
     test = evaluate_saved(source/'test', parts['test'], _eval_threshold(fixed), pp, progress=progress)
     if cal is not None: test.extras['per_class_calibration'] = cal
     if cfg.model == 'ensemble':
-        test.extras['figures'] = ensemble_figures(source/'test', parts['test'], test, Path(cfg.results_dir)/cfg.exp_id/'test', cfg.n_figures)
+        test.extras['figures'] = ensemble_figures(source/'test', parts['test'], test, run_dir/'test', cfg.n_figures)
     return val, test, fixed, thr_from

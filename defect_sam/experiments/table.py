@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from filelock import FileLock
 
 from ..core.errors import ConfigError, DataError
 from ..core.io import atomic_write
+from ..evaluation.metrics import IMAGE_KEYS, IOU_AT
 
 # %% auto #0
-__all__ = ['THESIS_COLUMNS', 'RESULT_COLUMNS', 'read_results', 'append_result', 'remove_result', 'finished_row', 'resolve_path',
-           'relative_to']
+__all__ = ['THESIS_COLUMNS', 'RESULT_COLUMNS', 'SCORE_COLUMNS', 'read_results', 'append_result', 'remove_result', 'finished_row',
+           'find_run', 'resolve_path', 'relative_to']
 
 # %% ../../nbs/61_experiments.table.ipynb #d94d500a
 THESIS_COLUMNS = ('exp_id', 'model', 'subset_size', 'variant', 'prompt_type', 'img_size', 'batch_size', 'steps', 'lr', 'wd',
@@ -36,6 +38,11 @@ RESULT_COLUMNS = THESIS_COLUMNS + (
 RESULT_COLUMNS += ('class_thresholds', 'class_min_areas') # per-class values calibrated on val (perclass), class 1 first
 RESULT_COLUMNS += ('tta',) # test-time augmentation (tta_label), empty without
 RESULT_COLUMNS += ('ensemble_members', 'ensemble_weights') # model 'ensemble': member exp_ids ('+'-joined) and weights
+RESULT_COLUMNS += ('config_key', 'data_key', 'data_name', 'data_fingerprint') # what the run is: its configuration (every identity field but the seed), its test set (data fields), its data by name and by content
+SCORE_COLUMNS = ('val_mIoU', 'val_Dice', 'test_mIoU', 'test_Dice', *IOU_AT, 'Precision', 'Recall', 'F1', 'AUPRC', 'test_mIoU_defect',
+                 'test_Dice_defect', *(f'{k}_defect' for k in IOU_AT), *IMAGE_KEYS, 'image_AUROC', 'skeleton_IoU', 'kaggle_dice',
+                 'pooled_IoU', 'pooled_Dice', 'Precision_pooled', 'Recall_pooled', 'F1_pooled', 'threshold', 'class_thresholds',
+                 'class_min_areas', 'gate_thresholds') # the columns a run computes: its scores and calibrated values (what a reproduction must give again)
 
 
 # %% ../../nbs/61_experiments.table.ipynb #f90ed341
@@ -91,9 +98,21 @@ def remove_result(exp_id:str, path:str|Path, timeout:float=600) -> bool:
 
 # %% ../../nbs/61_experiments.table.ipynb #67446976
 def finished_row(results_dir, exp_id:str) -> dict|None:
+    "The row of run `exp_id` (None when there is none)."
     t = read_results(Path(results_dir)/'experiments.csv')
     r = t[t.exp_id == exp_id]
     return None if r.empty else r.iloc[-1].to_dict()
+
+def find_run(results_dir, # the results folder
+             ref:str, # an exp_id, or the exp_name of exactly one finished run (its id is `<exp_name>-<8 hex>`)
+             what:str) -> dict: # the part it plays, for messages: 'gate', 'ensemble member', ...
+    "The row of a finished run named by id or by exp_name (a grid names runs by exp_name: their ids hold content digests)."
+    t = read_results(Path(results_dir)/'experiments.csv')
+    hit = t[t.exp_id == ref]
+    if hit.empty: hit = t[t.exp_id.str.fullmatch(re.escape(ref) + r'-[0-9a-f]{8}', na=False)]
+    if len(hit) == 1: return hit.iloc[-1].to_dict()
+    if len(hit) > 1: raise ConfigError(f"{what} {ref!r}: {len(hit)} runs carry this exp_name ({', '.join(hit.exp_id)}); give the exp_id")
+    raise ConfigError(f"{what} {ref!r}: no such finished run (exp_id or exp_name) in {Path(results_dir)/'experiments.csv'}")
 
 def resolve_path(results_dir:str|Path, p) -> Path|None:
     "A path recorded in the results table (relative to the results folder unless absolute)."

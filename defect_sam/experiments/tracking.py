@@ -111,9 +111,12 @@ class MlflowRun:
             exp = self.client.get_experiment_by_name(self.experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
                 self.experiment, artifact_location=(Path(cfg.results_dir)/'mlartifacts').absolute().as_uri() if local else None)
-        tags = {'exp_id': cfg.exp_id, 'git_commit': git_commit() or 'unknown', 'model': cfg.model, 'dataset': cfg.dataset}
+        ident = cfg.identity()   # what the run is, by role: the params are its used fields (canonical), run settings prefixed
+        tags = {'exp_id': cfg.exp_id, 'git_commit': git_commit() or 'unknown', 'model': cfg.model, 'dataset': cfg.data_name,
+                'config_key': ident['config_key'], 'data_key': ident['data_key']}
         self.run_id = self.client.create_run(self.experiment_id, run_name=cfg.exp_id, tags=tags).info.run_id
-        params = [Param(k, _param(v)[:6000]) for k, v in cfg.to_dict().items()]
+        used = {k: v for part in ident['used'].values() for k, v in part.items()}
+        params = [Param(k, _param(v)[:6000]) for k, v in {**used, **{f'run.{k}': v for k, v in ident['run'].items()}}.items()]
         for i in range(0, len(params), 100): self.client.log_batch(self.run_id, params=params[i:i + 100])
         self._old_uri = os.environ.get('MLFLOW_TRACKING_URI')   # mlflow.set_tracking_uri also sets (None: unsets) this variable
         mlflow.set_tracking_uri(self.uri)    # Accelerate's MLflow tracker logs through mlflow's global (fluent) API

@@ -15,39 +15,79 @@ from ..core.errors import ConfigError
 from .base import Segmenter
 
 # %% auto #0
-__all__ = ['MODELS', 'ModelSpec', 'model_family', 'model_names', 'list_models', 'get_builder', 'build_model']
+__all__ = ['FEATURES', 'ROLES', 'MODELS', 'ModelSpec', 'model_family', 'model_features', 'check_role', 'model_names',
+           'list_models', 'get_builder', 'build_model']
 
 # %% ../../nbs/31_models.registry.ipynb #abfbbfbd
+FEATURES = {
+    'weights': 'starts from weights: pretrained, random, or a checkpoint (weights)',
+    'training': 'is trained on the train split (subset_size, lr, steps, batch_size, augment, train_options, ...)',
+    'letterbox': 'letterboxes images to one input size (img_size)',
+    'sam2': 'has a SAM2 Hiera image encoder of a size (sam2_size)',
+    'sam2_input': "resizes images to SAM2's square input (sam2_image_size)",
+    'prompts': 'is prompted per image by the evaluation: prompt kind, options, source and seed',
+    'peft': 'adapts SAM2 with a peft method over a scope (peft_method, lora_strategy)',
+    'lora': 'has LoRA adapters (lora_rank, lora_alpha, lora_dropout)',
+    'images': 'predicts from the image itself, so it can be gated and flipped (gate, tta)',
+    'ensemble': 'averages the saved probabilities of finished runs (ensemble, ensemble_weights)',
+} # the groups of experiment settings a model may use
+ROLES = {
+    'segmenter': "its saved probabilities are defect masks: an ensemble member",
+    'detector': "its boxes can prompt SAM2 (prompt_source)",
+    'gate': "its image-level decisions can gate a segmenter (gate)",
+} # the parts a finished run can play for another run
+
 @dataclass(frozen=True)
 class ModelSpec:
-    "How to build one registered model."
+    "How to build one registered model, and what it is to the rest of the package."
     module: str|None # module holding the builder (None: the name builds no model)
     builder: str|None # function name in `module`
     family: str # sam2 | unet | yolo | pipeline | gate | ensemble
     description: str # one line for listings and the README
     defaults: dict = field(default_factory=dict) # builder keywords fixed by this name
+    features: frozenset = frozenset() # the FEATURES it uses
+    roles: frozenset = frozenset({'segmenter'}) # the ROLES its finished runs can play
 
+_SAM, _SMP, _YOLO = 'defect_sam.models.sam.inference', 'defect_sam.models.unet', 'defect_sam.models.yolo'
+_PROMPTED = frozenset({'weights', 'sam2', 'sam2_input', 'prompts', 'images'})
+_LETTERBOXED = frozenset({'weights', 'training', 'letterbox', 'images'})
 MODELS: dict[str, ModelSpec] = {
-    'sam2_zeroshot': ModelSpec('defect_sam.models.sam.inference', 'build_sam2', 'sam2', 'SAM2 with prompts, no training', {'finetune': None}),
-    'sam2_full':     ModelSpec('defect_sam.models.sam.inference', 'build_sam2', 'sam2', 'SAM2, full fine-tuning (all or chosen parts)', {'finetune': 'full'}),
-    'sam2_lora':     ModelSpec('defect_sam.models.sam.inference', 'build_sam2', 'sam2', 'SAM2 with LoRA adapters (peft)', {'finetune': 'lora'}),
-    'unet':          ModelSpec('defect_sam.models.unet', 'build_smp', 'unet', 'U-Net, ResNet34 encoder', {'arch': 'unet', 'encoder': 'resnet34'}),
-    'unet_r50':      ModelSpec('defect_sam.models.unet', 'build_smp', 'unet', 'U-Net, ResNet50 encoder', {'arch': 'unet', 'encoder': 'resnet50'}),
-    'unetpp':        ModelSpec('defect_sam.models.unet', 'build_smp', 'unet', 'UNet++, ResNet34 encoder', {'arch': 'unetplusplus', 'encoder': 'resnet34'}),
-    'dsc_unet':      ModelSpec('defect_sam.models.unet', 'build_smp', 'unet', 'DSC-UNet: U-Net with deep supervision', {'arch': 'dsc_unet', 'encoder': 'resnet34'}),
-    'yolo_det':      ModelSpec('defect_sam.models.yolo', 'build_yolo', 'yolo', 'YOLOv8 detection, boxes as masks', {'task': 'detect'}),
-    'yolo_seg':      ModelSpec('defect_sam.models.yolo', 'build_yolo', 'yolo', 'YOLOv8-seg instance segmentation', {'task': 'segment'}),
-    'yolo_sam2':     ModelSpec('defect_sam.models.yolo', 'build_yolo_sam2', 'pipeline', 'YOLOv8 boxes prompting SAM2', {}),
-    'gate':          ModelSpec('defect_sam.models.gate', 'build_gate', 'gate', 'Image-level defect gate: timm ResNet18, one sigmoid per defect class', {}),
-    'ensemble':      ModelSpec(None, None, 'ensemble', 'mean of the saved probabilities of finished runs (defect-sam ensemble)', {}),
-    'sam2_unet':     ModelSpec('defect_sam.models.sam2_unet', 'build_sam2_unet', 'unet', 'SAM2-UNet: SAM2 Hiera trunk (frozen, LoRA) + U-Net decoder, no prompts', {'trunk': 'lora'}),
-    'sam2_unet_full': ModelSpec('defect_sam.models.sam2_unet', 'build_sam2_unet', 'unet', 'SAM2-UNet with the Hiera trunk trained', {'trunk': 'full'}),
+    'sam2_zeroshot': ModelSpec(_SAM, 'build_sam2', 'sam2', 'SAM2 with prompts, no training', {'finetune': None}, _PROMPTED),
+    'sam2_full':     ModelSpec(_SAM, 'build_sam2', 'sam2', 'SAM2, full fine-tuning (all or chosen parts)', {'finetune': 'full'}, _PROMPTED | {'training'}),
+    'sam2_lora':     ModelSpec(_SAM, 'build_sam2', 'sam2', 'SAM2 with LoRA adapters (peft)', {'finetune': 'lora'}, _PROMPTED | {'training', 'peft', 'lora'}),
+    'unet':          ModelSpec(_SMP, 'build_smp', 'unet', 'U-Net, ResNet34 encoder', {'arch': 'unet', 'encoder': 'resnet34'}, _LETTERBOXED),
+    'unet_r50':      ModelSpec(_SMP, 'build_smp', 'unet', 'U-Net, ResNet50 encoder', {'arch': 'unet', 'encoder': 'resnet50'}, _LETTERBOXED),
+    'unetpp':        ModelSpec(_SMP, 'build_smp', 'unet', 'UNet++, ResNet34 encoder', {'arch': 'unetplusplus', 'encoder': 'resnet34'}, _LETTERBOXED),
+    'dsc_unet':      ModelSpec(_SMP, 'build_smp', 'unet', 'DSC-UNet: U-Net with deep supervision', {'arch': 'dsc_unet', 'encoder': 'resnet34'}, _LETTERBOXED),
+    'yolo_det':      ModelSpec(_YOLO, 'build_yolo', 'yolo', 'YOLOv8 detection, boxes as masks', {'task': 'detect'}, _LETTERBOXED, frozenset({'segmenter', 'detector'})),
+    'yolo_seg':      ModelSpec(_YOLO, 'build_yolo', 'yolo', 'YOLOv8-seg instance segmentation', {'task': 'segment'}, _LETTERBOXED, frozenset({'segmenter', 'detector'})),
+    'yolo_sam2':     ModelSpec(_YOLO, 'build_yolo_sam2', 'pipeline', 'YOLOv8 boxes prompting SAM2', {}, _LETTERBOXED | {'sam2', 'sam2_input'}),
+    'gate':          ModelSpec('defect_sam.models.gate', 'build_gate', 'gate', 'Image-level defect gate: timm ResNet18, one sigmoid per defect class', {},
+                               frozenset({'weights', 'training', 'letterbox'}), frozenset({'gate'})),
+    'ensemble':      ModelSpec(None, None, 'ensemble', 'mean of the saved probabilities of finished runs (defect-sam ensemble)', {}, frozenset({'ensemble'})),
+    'sam2_unet':     ModelSpec('defect_sam.models.sam2_unet', 'build_sam2_unet', 'unet', 'SAM2-UNet: SAM2 Hiera trunk (frozen, LoRA) + U-Net decoder, no prompts',
+                               {'trunk': 'lora'}, _LETTERBOXED | {'sam2', 'lora'}),
+    'sam2_unet_full': ModelSpec('defect_sam.models.sam2_unet', 'build_sam2_unet', 'unet', 'SAM2-UNet with the Hiera trunk trained', {'trunk': 'full'},
+                                _LETTERBOXED | {'sam2'}),
 }
 
 # %% ../../nbs/31_models.registry.ipynb #2657e586
 def model_family(model:str) -> str:
     "The family of a registered model: sam2, unet, yolo, pipeline, gate or ensemble."
     return _spec(model).family
+
+def model_features(model:str) -> frozenset:
+    "The FEATURES a registered model uses."
+    return _spec(model).features
+
+def check_role(model:str, # the registered model of the other run
+               role:str, # the ROLES entry it must play
+               what:str) -> None: # the run, for the message, e.g. "prompt_source 'yolo-...'"
+    "Refuse a run of `model` in a part it cannot play (a gate as an ensemble member, a U-Net as a prompt source)."
+    if role not in ROLES: raise ConfigError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
+    if role not in _spec(model).roles:
+        can = sorted(k for k, s in MODELS.items() if role in s.roles)
+        raise ConfigError(f"{what} is a {model!r} run, which cannot be a {role} ({ROLES[role]}); a {role} is one of: {', '.join(can)}")
 
 # %% ../../nbs/31_models.registry.ipynb #4ad5d310
 def model_names() -> list[str]:

@@ -254,7 +254,8 @@ def load_weights(self:SmpSegmenter, path:str|Path):
     "Load a `save_weights` file made for the same architecture, encoder and classes (strict)."
     p = Path(path)
     if not p.is_file(): raise DataError(f"{p}: weights file not found")
-    ck = torch.load(p, map_location='cpu', weights_only=True)
+    try: ck = torch.load(p, map_location='cpu', weights_only=True)
+    except Exception as e: raise DataError(f"{p}: not a readable torch file ({type(e).__name__}: {e})") from e
     if not isinstance(ck, dict) or ck.get('format') != 'defect_sam.smp': raise DataError(f"{p}: not a defect-sam smp weights file")
     diff = {k: (v, ck['config'].get(k)) for k, v in self._config().items() if ck['config'].get(k) != v}
     if diff: raise DataError(f"{p}: made for another model, (this, file): {diff}")

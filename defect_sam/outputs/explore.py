@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ..core.errors import ConfigError, DataError
 from ..core.hashing import params_hash
@@ -19,7 +18,7 @@ from ..evaluation.metrics import MetricAccumulator
 from ..evaluation.postprocess import PostProcess
 from ..evaluation.figures import error_legend, new_figure, overlay_errors
 from ..evaluation.evaluate import evaluate_saved, load_probabilities, safe_name
-from ..experiments.config import ExperimentConfig
+from ..experiments.config import ExperimentConfig, read_params
 from ..experiments.table import resolve_path
 from ..experiments.data import experiment_data
 from ..experiments.tracking import caveats
@@ -75,9 +74,7 @@ class SavedRun:
         "The run's parameters (from its params.yaml), with the results folder where it is now."
         p = resolve_path(self.results_dir, self.row['run_dir'])/'params.yaml'
         if not p.exists(): raise DataError(f"{p}: missing; the explorer needs it to read the run's test images")
-        d = yaml.safe_load(p.read_text(encoding='utf-8'))
-        d = {k: v for k, v in d.items() if k not in ('exp_id', 'params_hash', 'train_key', 'inference_key')}
-        return ExperimentConfig.from_dict(d, str(p), results_dir=str(self.results_dir))
+        return ExperimentConfig.from_dict(read_params(p), str(p), results_dir=str(self.results_dir))
 
     def probabilities(self, image_id:str) -> np.ndarray:
         "The saved probabilities of a test image (HxW or CxHxW, float32)."

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,18 +20,19 @@ from matplotlib.figure import Figure
 
 from ..core.errors import ConfigError, DataError
 from ..core.io import atomic_write
-from ..evaluation.metrics import f1_score, iou_score, precision_score, recall_score
+from ..evaluation.metrics import dice_score, f1_score, iou_score, precision_score, recall_score
 from ..evaluation.figures import error_colors, error_legend, fit_for_print, overlay_errors
 from ..evaluation.evaluate import safe_name
-from ..experiments.config import ExperimentConfig
+from ..experiments.config import ExperimentConfig, read_params
 from ..experiments.table import read_results, resolve_path, RESULT_COLUMNS
 from ..experiments.data import experiment_data
 from ..experiments.row import prompt_regime
 
 # %% auto #0
-__all__ = ['RANKINGS', 'RANKING_TITLES', 'METRICS', 'POOLED', 'ReportFigure', 'new_report_figure', 'dataset_panels',
-           'save_report_figure', 'in_ranking', 'run_label', 'config_key', 'load_results', 'per_image', 'metric_values',
-           'bootstrap', 'leaderboard', 'plot_leaderboard', 'paired_comparison', 'plot_paired', 'plot_data_efficiency',
+__all__ = ['RANKINGS', 'RANKING_TITLES', 'METRICS', 'POOLED', 'COLUMN_METRICS', 'FLOORS', 'RANKING_FLOORS', 'FLOOR_NAMES',
+           'ReportFigure', 'new_report_figure', 'dataset_panels', 'save_report_figure', 'in_ranking', 'run_label',
+           'load_results', 'per_image', 'metric_values', 'bootstrap', 'trivial_table', 'floor_value', 'panel_floors',
+           'leaderboard', 'plot_leaderboard', 'paired_comparison', 'plot_paired', 'plot_data_efficiency',
            'plot_lora_vs_full', 'plot_prompt_comparison', 'pareto_front', 'plot_speed_accuracy', 'best_per_model',
            'plot_metric_distributions', 'short_labels', 'plot_qualitative', 'build_report']
 
@@ -77,12 +79,6 @@ def save_report_figure(fig:Figure, # the figure
     return paths
 
 # %% ../../nbs/70_outputs.report.ipynb #43f97bc9
-_CONFIG_COLUMNS = ('dataset', 'model', 'variant', 'subset_size', 'prompt_type', 'prompt_source', 'prompt_kwargs', 'sam2_size',
-                   'weights', 'lora_strategy', 'lora_rank', 'img_size', 'batch_size', 'steps', 'lr', 'wd', 'augment',
-                   'threshold_from', 'postprocess', 'class_aware')
-
-_CONFIG_COLUMNS += ('tta',) # runs with and without TTA are different configurations
-_CONFIG_COLUMNS += ('gate',) # a gated run is not a seed of its ungated twin
 RANKINGS = {'deployable': ('automatic', 'none'), 'oracle': ('oracle',)} # the prompt regimes each ranking holds
 RANKING_TITLES = {'deployable': 'deployable: automatic prompts and prompt-free models',
                   'oracle': 'oracle prompts (from the ground truth): the upper bound of prompting'}
@@ -122,23 +118,53 @@ def run_label(row) -> str:
     if g('gate'): parts.append('+gate')
     return ' '.join(parts)
 
-def config_key(row) -> str:
-    "What a run is apart from its seed (runs with the same key are seeds of one configuration)."
-    return '|'.join(_fmt(row.get(c)) for c in _CONFIG_COLUMNS)
+def _short(v) -> str:
+    v = json.dumps(v, sort_keys=True, separators=(',', ':')) if isinstance(v, (dict, list)) else _fmt(v)
+    return v if len(v) <= 40 else v[:37] + '...'
+
+def _used(results_dir, row) -> dict|None:
+    "The used fields of a run (from its summary.json), flat; None when it is not there."
+    d = resolve_path(results_dir, row.get('run_dir'))
+    try: ident = json.loads((d/'summary.json').read_text()).get('identity') if d is not None else None
+    except (OSError, ValueError): return None
+    return None if not ident else {k: v for part in ident['used'].values() for k, v in part.items() if k != 'seed'}
+
+def _distinct_labels(results_dir, t:pd.DataFrame) -> list:
+    "Labels, with what differs appended where configurations of one test set would otherwise share one (loss=sam2 vs dice_focal, ...)."
+    out = list(t.label)
+    for (_, label), g in t.groupby(['dataset', 'label'], sort=False):
+        cfgs = g.drop_duplicates('config')
+        if len(cfgs) < 2: continue
+        used = {c: _used(results_dir, r) for c, r in zip(cfgs.config, cfgs.to_dict('records'))}
+        if all(u is not None for u in used.values()):
+            keys = sorted({k for u in used.values() for k in u if len({_short(x.get(k)) for x in used.values()}) > 1})
+            tag = {c: ' '.join(f'{k}={_short(u.get(k))}' for k in keys) for c, u in used.items()}
+        else: tag = {c: f'[{c[:6]}]' for c in used}
+        for i in g.index: out[t.index.get_loc(i)] = f"{label} {tag[t.at[i, 'config']]}"
+    return out
 
 def load_results(results_dir:str|Path, # the results folder (or its experiments.csv)
-                 dataset:str|None=None, # keep only this dataset's runs
+                 dataset:str|None=None, # keep only the runs of this test set (its name) or dataset kind
                 ) -> pd.DataFrame:
-    "The results table (every standard column, empty where missing) with `label` and `config` columns added."
+    """The results table with `label` and `config` columns; `dataset` names each test set (one report panel), `dataset_kind` the reader."""
     t = read_results(results_dir)
     t = t.reindex(columns=list(t.columns) + [c for c in RESULT_COLUMNS if c not in t.columns])   # older or hand-made tables
-    if dataset is not None: t = t[t.dataset == dataset]
+    old = t[t.config_key.isna() | t.data_key.isna()].exp_id.tolist() if len(t) else []
+    if old: raise DataError(f"{results_dir}: {len(old)} rows do not record what their run is (config_key, data_key), e.g. {old[:3]}: "
+                            f"they were made by an older version, whose ids could put two configurations or two datasets under one "
+                            f"name. Run them again (`defect-sam grid` runs them under their new ids) or remove them from the table.")
+    t['dataset_kind'] = t['dataset']
+    name = t['data_name'].where(t['data_name'].notna(), t['dataset'])
+    keys = t.groupby(name)['data_key'].nunique() if len(t) else {}
+    t['dataset'] = [n if keys[n] == 1 else f'{n} [{k[:6]}]' for n, k in zip(name, t['data_key'])]   # one name per test set
+    if dataset is not None: t = t[(t.dataset == dataset) | (t.dataset_kind == dataset)]
     t = t.reset_index(drop=True)
     rows = t.to_dict('records')   # tables written before the regime column: derive it from the model and its prompts
     t['prompt_regime'] = [r['prompt_regime'] if isinstance(r['prompt_regime'], str) and r['prompt_regime'] else
                           prompt_regime(r['model'], r['prompt_type'], r['prompt_source']) for r in rows]
+    t['config'] = t['config_key']   # every identity field but the seed (experiments.config.KEY_ROLES)
     t['label'] = [run_label(r) for r in t.to_dict('records')]
-    t['config'] = [config_key(r) for r in t.to_dict('records')]
+    t['label'] = _distinct_labels(results_dir, t) if len(t) else t['label']
     return t
 
 def per_image(results_dir:str|Path, # the results folder
@@ -169,6 +195,10 @@ METRICS: dict[str, Callable] = {
 POOLED: dict[str, Callable] = {
     'Precision_pooled': precision_score, 'Recall_pooled': recall_score, 'F1_pooled': f1_score, 'pooled_IoU': iou_score,
 } # metrics of summed pixel counts, with the metrics module's zero-denominator rule
+COLUMN_METRICS = {'test_mIoU': 'mIoU', 'test_Dice': 'mDice', 'skeleton_IoU': 'skeleton_IoU', 'test_mIoU_defect': 'mIoU_defect',
+                  'test_Dice_defect': 'mDice_defect', 'false_alarm_rate': 'false_alarm_rate', 'pooled_IoU': 'pooled_IoU',
+                  **{k: k for k in ('Precision', 'Recall', 'F1', 'Precision_pooled', 'Recall_pooled', 'F1_pooled')},
+                  **{f'IoU@{k}': f'IoU@{k}' for k in (50, 75, 90, 95)}} # results columns -> the per-image metric that recomputes them
 
 def metric_values(table:pd.DataFrame, metric:str) -> np.ndarray:
     "Per-image values of `metric` (n,) or, for pooled metrics, the per-image counts (n, 3)."
@@ -220,9 +250,45 @@ def _pooled_table(results_dir, rows:pd.DataFrame) -> pd.DataFrame|None:
     ids = sorted(set.intersection(*(set(t.index) for t in tabs)))
     for t in tabs:
         for k in (50, 75, 90, 95): t[f'iou_ge{k}'] = (t['iou'] >= k / 100).astype(float)   # per seed, before averaging
-    cols = [c for c in ('iou', 'dice', 'precision', 'recall', 'f1', 'skel_iou', 'tp', 'fp', 'fn', 'gt_defect', 'pred_defect',
+    cols = [c for c in ('iou', 'dice', 'precision', 'recall', 'f1', 'skel_iou', 'tp', 'fp', 'fn', 'gt_defect', 'pred_defect', 'floor_box_iou',
                         'iou_ge50', 'iou_ge75', 'iou_ge90', 'iou_ge95') if all(c in t for t in tabs)]
     return sum(t.loc[ids, cols].astype(float) for t in tabs) / len(tabs) if ids else None
+
+FLOORS = {'empty': 'predicts no defect anywhere',
+          'box': "fills every ground-truth defect's bounding box (what a box prompt alone tells)"} # the trivial predictors each ranking is read against
+RANKING_FLOORS = {'deployable': ('empty',), 'oracle': ('empty', 'box')} # the floors of each ranking
+FLOOR_NAMES = {'empty': 'all-empty', 'box': 'box filled'} # short names in figures
+
+def trivial_table(t:pd.DataFrame, # a run's per-image table (tp, fp, fn, gt_defect; floor_box_iou for 'box')
+                  kind:str) -> pd.DataFrame|None: # a FLOORS kind; None when the table cannot tell
+    "The per-image table a trivial predictor gets on the same test images."
+    if kind not in FLOORS: raise ConfigError(f"unknown floor {kind!r}; valid: {', '.join(FLOORS)}")
+    g = t['gt_defect'].astype(float) > 0.5
+    if kind == 'empty':
+        if not {'tp', 'fn'} <= set(t.columns): return pd.DataFrame({'iou': (~g).astype(float), 'dice': (~g).astype(float), 'gt_defect': g, 'pred_defect': False})
+        z, fn = np.zeros(len(t)), (t['tp'].astype(float) + t['fn'].astype(float)).to_numpy()
+        iou = iou_score(z, z, fn)
+        return pd.DataFrame({'iou': iou, 'dice': dice_score(z, z, fn), 'skel_iou': iou, 'precision': precision_score(z, z, fn),
+                             'recall': recall_score(z, z, fn), 'f1': f1_score(z, z, fn), 'tp': z, 'fp': z, 'fn': fn,
+                             'gt_defect': g.to_numpy(), 'pred_defect': np.zeros(len(t), bool)})
+    if 'floor_box_iou' not in t: return None
+    iou = t['floor_box_iou'].astype(float).to_numpy()
+    return pd.DataFrame({'iou': iou, 'dice': 2 * iou / (1 + iou), 'gt_defect': g.to_numpy(), 'pred_defect': g.to_numpy()})
+
+def floor_value(t:pd.DataFrame|None, metric:str, kind:str) -> float:
+    "A report metric of the trivial predictor `kind` on the test images of per-image table `t` (NaN when it cannot be told)."
+    tt = trivial_table(t.reset_index(), kind) if t is not None else None
+    if tt is None: return float('nan')
+    try: return float(_stat(metric, metric_values(tt, metric))[0])
+    except DataError: return float('nan')   # e.g. a pooled metric of the box floor, which has no pixel counts
+
+def panel_floors(results_dir, df:pd.DataFrame, metric:str, ranking:str) -> dict:
+    "test set name -> {floor kind: value} of `metric`, from the first run of each test set with a per-image table."
+    out = {}
+    for d, g in df.groupby('dataset', sort=False):
+        t = next((x for x in (_pooled_table(results_dir, g.iloc[[i]]) for i in range(len(g))) if x is not None), None)
+        out[d] = {k: floor_value(t, metric, k) for k in RANKING_FLOORS[ranking]}
+    return out
 
 def _groups(df:pd.DataFrame, by:str):
     if by not in ('config', 'run'): raise ConfigError(f"by must be 'config' or 'run', got {by!r}")
@@ -237,8 +303,9 @@ def leaderboard(results_dir:str|Path, # the results folder
                 results:pd.DataFrame|None=None, # the table (default: load_results(results_dir, dataset))
                 ranking:str='deployable', # 'deployable' (automatic prompts and prompt-free models) or 'oracle' (ground-truth prompts)
                ) -> pd.DataFrame:
-    "Metric estimates with bootstrap 95% intervals, best first, within one ranking: oracle prompts are never ranked with the others."
+    "Metric estimates with bootstrap 95% intervals, best first, within one ranking, each read against the floors of its test set."
     df = in_ranking(load_results(results_dir, dataset) if results is None else results, ranking)
+    floors = panel_floors(results_dir, df, metrics[0], ranking) if len(df) else {}
     table_col = {'mIoU': 'test_mIoU', 'mDice': 'test_Dice', 'mIoU_defect': 'test_mIoU_defect', 'mDice_defect': 'test_Dice_defect'}
     rows, missing = [], []
     for key, g in _groups(df, by):
@@ -249,11 +316,21 @@ def leaderboard(results_dir:str|Path, # the results folder
              'exp_ids': ' '.join(g.exp_id), 'n_images': 0 if t is None else len(t),
              'avg_inference_time': g['avg_inference_time'].mean() if 'avg_inference_time' in g else np.nan}
         if t is None: missing.append(first['label'])
+        nothing = t is not None and 'pred_defect' in t and not (t['pred_defect'].astype(float) > 0).any()
+        if nothing: r['label'] += ' (predicts nothing)'
+        r['predicts_nothing'] = nothing
         for m in metrics:
             if t is None:
                 c = table_col.get(m, m)
                 r[m], r[f'{m}_lo'], r[f'{m}_hi'] = (g[c].mean() if c in g else np.nan), np.nan, np.nan
-            else: r[m], r[f'{m}_lo'], r[f'{m}_hi'] = bootstrap(metric_values(t.reset_index(), m), m, n_boot, seed=seed)
+            else:
+                try: r[m], r[f'{m}_lo'], r[f'{m}_hi'] = bootstrap(metric_values(t.reset_index(), m), m, n_boot, seed=seed)
+                except DataError:   # a side metric the per-image tables cannot give (older tables): left empty
+                    if m == metrics[0]: raise
+                    r[m] = r[f'{m}_lo'] = r[f'{m}_hi'] = np.nan
+        fl = floors.get(r['dataset'], {})
+        for kind, v in fl.items(): r[f'floor_{kind}'] = v
+        r['above_floor'] = r[metrics[0]] - np.nanmax(list(fl.values())) if fl and np.isfinite(list(fl.values())).any() else np.nan
         rows.append(r)
     out = pd.DataFrame(rows)
     if len(out): out = out.sort_values(metrics[0], ascending=False, na_position='last').reset_index(drop=True)
@@ -271,19 +348,31 @@ def plot_leaderboard(results_dir:str|Path, # the results folder
                      results:pd.DataFrame|None=None, # the table (default: all runs)
                      ranking:str='deployable', # 'deployable' or 'oracle' (see `leaderboard`)
                      name:str|None=None) -> ReportFigure: # default: leaderboard_<ranking>
-    "Bars of `metric` with bootstrap 95% intervals, best first, one panel per dataset, within one ranking."
+    """Bars of `metric` with bootstrap 95% intervals, best first, one panel per test set, within one ranking; the floors of
+    trivial predictors drawn, and beside each bar its defect-image mIoU (and, deployable, its false-alarm rate)."""
     name = name or f'leaderboard_{ranking}'
     df = in_ranking(load_results(results_dir) if results is None else results, ranking)
     if not len(df): return ReportFigure(name, message=f'no {ranking} runs ({", ".join(RANKINGS[ranking])} prompt regime) in {results_dir}')
-    board = leaderboard(results_dir, (metric,), n_boot=n_boot, seed=seed, results=df, ranking=ranking)
+    side = [m for m in (('mIoU_defect', 'false_alarm_rate') if ranking == 'deployable' else ('mIoU_defect',)) if m != metric]
+    board = leaderboard(results_dir, (metric, *side), n_boot=n_boot, seed=seed, results=df, ranking=ranking)
     dsets = _datasets(board) or [None]
     n_max = max(min(top, (board.dataset == d).sum() if d else len(board)) for d in dsets)
-    fig, axes = dataset_panels(len(dsets), 6, 0.8 + 0.28 * n_max)
+    fig, axes = dataset_panels(len(dsets), 7, 1.0 + 0.28 * n_max)
+    short = {'mIoU_defect': 'defect mIoU', 'false_alarm_rate': 'false alarms'}
     for ax, d in zip(axes, dsets):
         b = (board[board.dataset == d] if d else board).head(top).iloc[::-1]
         err = np.vstack([b[metric] - b[f'{metric}_lo'], b[f'{metric}_hi'] - b[metric]])
-        ax.barh(b.label, b[metric], xerr=np.nan_to_num(err), color='tab:blue', alpha=0.8, capsize=2, error_kw={'lw': 1})
-        ax.set(xlabel=f'test {metric} (95% bootstrap CI)', xlim=(0, 1), title=str(d or ''))
+        ax.barh(b.label, b[metric], xerr=np.nan_to_num(err), color=['0.6' if x else 'tab:blue' for x in b.predicts_nothing],
+                alpha=0.8, capsize=2, error_kw={'lw': 1})
+        for y, (_, r) in enumerate(b.iterrows()):
+            txt = ', '.join(f'{short[m]} {r[m]:.2f}' for m in side if np.isfinite(r[m]))
+            if txt: ax.text(1.02, y, txt, va='center', ha='left', fontsize=7, color='0.25', transform=ax.get_yaxis_transform(), clip_on=False)
+        seen = []
+        for kind, color in zip(RANKING_FLOORS[ranking], ('tab:red', 'tab:orange')):
+            v = b[f'floor_{kind}'].iloc[0] if len(b) and f'floor_{kind}' in b else np.nan
+            if np.isfinite(v): ax.axvline(v, color=color, ls='--', lw=1.2); seen.append(f'{FLOOR_NAMES[kind]} {v:.2f} ({color[4:]})')
+        ax.set(xlabel=f'test {metric} (95% bootstrap CI)', xlim=(0, 1))
+        ax.set_title(str(d or '') + (f"\nfloors, dashed: {', '.join(seen)}" if seen else ''), fontsize=8)
         ax.tick_params(axis='y', labelsize=7); ax.grid(axis='x', alpha=0.3)
     fig.suptitle(RANKING_TITLES[ranking], fontsize=9)
     msg = (f"no per-image tables (no intervals) for {board.attrs['missing_per_image']}" if board.attrs['missing_per_image'] else None)
@@ -372,6 +461,7 @@ def plot_data_efficiency(results_dir:str|Path, # the results folder
         return ReportFigure(name, message='no model was trained on two or more subset sizes (set subset_size in the grid)')
     dsets = _datasets(df)
     fig, axes = dataset_panels(len(dsets), 5.5, 4)
+    floors = panel_floors(results_dir, df, COLUMN_METRICS.get(metric, metric), ranking) if metric in COLUMN_METRICS else {}
     tabs = []
     for ax, d in zip(axes, dsets):
         s = _seed_mean(trained[trained.dataset == d], metric, ['line', 'subset_size'])
@@ -381,6 +471,8 @@ def plot_data_efficiency(results_dir:str|Path, # the results folder
             ax.errorbar(g.subset_size, g['mean'], yerr=g['std'].fillna(0), marker='o', ms=4, capsize=2, label=line)
         for line, g in _seed_mean(zs[zs.dataset == d], metric, ['line']).groupby('line'):
             ax.axhline(g['mean'].iloc[0], ls='--', lw=1, color='gray'); ax.annotate(line, (0.01, g['mean'].iloc[0]), xycoords=('axes fraction', 'data'), fontsize=6, color='gray', va='bottom')
+        for (kind, v), color in zip(floors.get(d, {}).items(), ('tab:red', 'tab:orange')):
+            if np.isfinite(v): ax.axhline(v, color=color, ls=':', lw=1.2, label=f'floor: {FLOOR_NAMES[kind]} ({v:.2f})')
         ax.set_xscale('log'); ticks = sorted(s.subset_size.unique()); ax.set_xticks(ticks, [_fmt(v) for v in ticks]); ax.minorticks_off()
         ax.set(xlabel='training images', ylabel=metric, title=str(d)); ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -585,10 +677,7 @@ def plot_qualitative(results_dir:str|Path, exp_ids:list|None=None, # runs to sho
         if rd is None or not (rd/'test'/'predictions'/'index.csv').exists() or not (rd/'params.yaml').exists(): continue
         runs.append((r, rd))
     if not runs: return ReportFigure(name, message='none of the runs has saved predictions and params.yaml (predictions are not kept in git)')
-    import yaml
-    p = yaml.safe_load((runs[0][1]/'params.yaml').read_text())
-    cfg = ExperimentConfig.from_dict({k: v for k, v in p.items() if k not in ('exp_id', 'params_hash', 'train_key', 'inference_key')},
-                                     str(runs[0][1]/'params.yaml'), results_dir=str(results_dir))
+    cfg = ExperimentConfig.from_dict(read_params(runs[0][1]/'params.yaml'), str(runs[0][1]/'params.yaml'), results_dir=str(results_dir))
     try: test = experiment_data(cfg)['test']
     except (DataError, ConfigError, OSError) as e: return ReportFigure(name, message=f'cannot read the test images of {runs[0][0].exp_id}: {e}')
     tabs = {r.exp_id: per_image(results_dir, r) for r, _ in runs}
@@ -643,8 +732,7 @@ def build_report(results_dir:str|Path='results', # the results folder
     "Every report figure of a results folder, by name (missing data gives a message, never an error)."
     df = load_results(results_dir)
     out = Path(out_dir) if out_dir is not None else Path(results_dir)/'figures'
-    per_image_metric = {'test_mIoU': 'mIoU', 'test_Dice': 'mDice', 'skeleton_IoU': 'skeleton_IoU',
-                        'test_mIoU_defect': 'mIoU_defect', 'test_Dice_defect': 'mDice_defect'}.get(metric, 'mIoU')
+    per_image_metric = COLUMN_METRICS.get(metric, 'mIoU') if COLUMN_METRICS.get(metric, 'mIoU') in METRICS else 'mIoU'
     figs = {}
     for rk in RANKINGS:   # every ranking figure twice: deployable systems, and the oracle upper bound, never mixed
         figs[f'leaderboard_{rk}'] = plot_leaderboard(results_dir, per_image_metric, out, n_boot=n_boot, seed=seed, results=df, ranking=rk)

@@ -29,22 +29,22 @@ from ..data.transforms import Augment
 from ..evaluation.prompts import PROMPT_KINDS
 from ..evaluation.evaluate import evaluate
 from ..models.base import eval_mode, TrainableSegmenter
+from ..models.sam.objective import TRAIN_EMPTY, TRAIN_LOSSES
 from .losses import sam2_loss_weights, training_losses
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'TrainingError', 'TrainConfig', 'epoch_batches', 'warmup_cosine', 'make_optimizer', 'best_name',
-           'read_checkpoint', 'load_checkpoint', 'tracker_values', 'TrainResult', 'train']
+__all__ = ['RUN_ONLY_OPTIONS', 'CHECKPOINT_FORMAT', 'TrainingError', 'TrainConfig', 'epoch_batches', 'warmup_cosine',
+           'make_optimizer', 'best_name', 'read_checkpoint', 'load_checkpoint', 'tracker_values', 'TrainResult',
+           'train']
 
 # %% ../../nbs/51_training.loop.ipynb #ed5878f9
 class TrainingError(DefectSamError, RuntimeError):
     "Training cannot go on (a non-finite loss, too many skipped steps); the message names the step."
 
 # %% ../../nbs/51_training.loop.ipynb #1a22151a
-_RUN_ONLY = ('ckpt_every', 'log_every', 'log_with', 'tracker_project', 'tracker_kwargs', 'num_workers', 'progress')
+RUN_ONLY_OPTIONS = ('ckpt_every', 'log_every', 'log_with', 'tracker_project', 'tracker_kwargs', 'num_workers', 'progress') # how a training runs, never what it learns
 _MIXED = ('auto', 'no', 'bf16', 'fp16')
 _TRAIN_PROMPTS = ('box', 'points_1', 'points_3', 'points_5', 'full_image')
-_LOSSES, _TRAIN_EMPTY = ('dice_focal', 'sam2'), ('negative_prompt', 'skip')
-_LATER_DEFAULTS = dict(loss='dice_focal', loss_weights=None, train_empty='negative_prompt', correction_iters=0)
 
 @dataclass
 class TrainConfig:
@@ -125,10 +125,10 @@ class TrainConfig:
         need(self.nonfinite in ('raise', 'skip'), f"nonfinite must be 'raise' or 'skip', got {self.nonfinite!r}")
         need(isinstance(self.num_workers, int) and self.num_workers >= 0, f"num_workers must be an int >= 0, got {self.num_workers!r}")
         if self.augment is not None: Augment(**self.augment)        # unknown or out-of-range options fail here
-        need(self.loss in _LOSSES, f"loss must be one of {', '.join(_LOSSES)}, got {self.loss!r}")
+        need(self.loss in TRAIN_LOSSES, f"loss must be one of {', '.join(TRAIN_LOSSES)}, got {self.loss!r}")
         need(self.loss_weights is None or self.loss == 'sam2', "loss_weights are the weights of loss='sam2' (dice_focal has dice_weight, focal_weight)")
         if self.loss_weights is not None: self.loss_weights = sam2_loss_weights(self.loss_weights)
-        need(self.train_empty in _TRAIN_EMPTY, f"train_empty must be one of {', '.join(_TRAIN_EMPTY)}, got {self.train_empty!r}")
+        need(self.train_empty in TRAIN_EMPTY, f"train_empty must be one of {', '.join(TRAIN_EMPTY)}, got {self.train_empty!r}")
         need(isinstance(self.correction_iters, (int, np.integer)) and self.correction_iters >= 0,
              f"correction_iters must be an int >= 0, got {self.correction_iters!r}")
         need(not (self.correction_iters and self.prompt == 'full_image'),
@@ -138,10 +138,7 @@ class TrainConfig:
 
     def params(self) -> dict:
         "The fields that decide the run's numbers (hashed into its checkpoints)."
-        d = {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY}
-        for k, v in _LATER_DEFAULTS.items():               # fields added later: at their default, checkpoints written
-            if d.get(k) == v: d.pop(k)                     # before them still resume
-        return d
+        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_OPTIONS}
 
 # %% ../../nbs/51_training.loop.ipynb #5ca8f06c
 def _set_objective(model, cfg:TrainConfig):

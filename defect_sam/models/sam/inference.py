@@ -14,6 +14,7 @@ import torch
 from fastcore.basics import patch
 from torch import nn
 
+from . import adapters
 from ...core.errors import ConfigError, DataError
 from ...core.io import cache_dir
 from ..base import eval_mode, TrainableSegmenter, TrainOutput
@@ -23,7 +24,6 @@ from .cache import EmbeddingCache, image_key, weights_digest, weights_fingerprin
 from .adapters import check_lora_args, check_state_keys, in_parts, load_lora_state_dict, lora_state_dict, LORA_STRATEGIES, PEFT_METHODS, read_trainable, trainable_parts, write_trainable
 from .tiling import check_tiling, route_prompts, Stitcher, tile_grid
 from .objective import objective_forward_batch, TRAIN_EMPTY, TRAIN_LOSSES
-from . import adapters
 
 # %% auto #0
 __all__ = ['SamImageModule', 'SamSegmenter', 'build_sam2']
