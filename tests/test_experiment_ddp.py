@@ -49,7 +49,7 @@ def test_two_processes_write_one_row_with_rank0_evaluation(tmp_path, monkeypatch
     assert len(list(run_dir.glob('exp_*.csv'))) == 1 and (run_dir/'done.json').exists()
     assert sorted(f.name for f in (run_dir/'test'/'figures').glob('*.png') if f.name.startswith('synth')) != []
     ck_dir = (res/row.ckpt_path).parent
-    assert sorted(f.name for f in ck_dir.iterdir() if not f.name.startswith('best_')) == ['last.torch', 'log.csv', 'train.lock', 'train_result.json']
+    assert sorted(f.name for f in ck_dir.iterdir() if not f.name.startswith('best_')) == ['last.torch', 'log.csv', 'train_result.json']   # train.lock: released
     assert len(list(ck_dir.glob('best_*.torch'))) == 1
     assert read_checkpoint(ck_dir/'last.torch')['params']['num_processes'] == 2        # trained by DDP in two processes
 

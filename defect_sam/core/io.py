@@ -9,9 +9,9 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,31 @@ import numpy as np
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['atomic_write', 'write_text_atomic', 'write_json_atomic', 'json_default', 'torch_save_atomic', 'atomic_dir',
-           'cache_dir', 'jsonable', 'network_available']
+__all__ = ['temp_file', 'temp_dir', 'atomic_write', 'write_text_atomic', 'write_json_atomic', 'json_default', 'torch_save_atomic',
+           'atomic_dir', 'cache_dir', 'jsonable', 'network_available']
 
 # %% ../../nbs/01_core.io.ipynb #a884c30f
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_BINARY', 0)
+
+def _new_temp(folder:Path, # where
+              prefix:str, # start of the name; a random part and `.tmp` follow
+              make): # path -> what it created (raises FileExistsError when the name is taken)
+    "Create a uniquely named temporary file or folder in `folder` with `make`; returns what `make` returns."
+    for _ in range(100):
+        try: return make(folder/f'{prefix}{secrets.token_hex(6)}.tmp')
+        except FileExistsError: continue
+    raise FileExistsError(f"{folder}: no free temporary name {prefix}*.tmp after 100 tries")
+
+def temp_file(folder:str|Path, # where
+              prefix:str='.tmp.') -> tuple[int, Path]: # (open read-write descriptor, path)
+    "Create a new temporary file as `tempfile.mkstemp` does, but with the mode `open` gives: 0666 less the umask."
+    return _new_temp(Path(folder), prefix, lambda p: (os.open(p, _TEMP_FLAGS, 0o666), p))
+
+def temp_dir(folder:str|Path, # where
+             prefix:str='.tmp.') -> Path:
+    "Create a new temporary folder as `tempfile.mkdtemp` does, but with the mode `mkdir` gives: 0777 less the umask."
+    return _new_temp(Path(folder), prefix, lambda p: (os.mkdir(p, 0o777), p)[1])
+
 @contextlib.contextmanager
 def atomic_write(path:str|Path, # file to (re)write
                  mode:str='wb', # 'wb' or 'w'
@@ -31,7 +52,7 @@ def atomic_write(path:str|Path, # file to (re)write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if 'b' not in mode and encoding is None: encoding = 'utf-8'
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    fd, tmp = temp_file(path.parent, f'.{path.name}.')
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
@@ -71,7 +92,7 @@ def atomic_dir(path:str|Path): # folder to create; must not exist or be empty
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"{path}: exists and is not an empty folder; choose a new output folder or delete it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'))
+    tmp = temp_dir(path.parent, f'.{path.name}.')
     try:
         yield tmp
         if path.exists(): path.rmdir()

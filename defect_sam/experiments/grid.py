@@ -161,7 +161,9 @@ def failure_message(cfg:ExperimentConfig, e:BaseException) -> str:
     if f.exists():
         try:
             info = json.loads(f.read_text())
-            return f"{info['error']} during {info['stage']}: {info['message'].splitlines()[0] if info['message'] else ''}"
+            others = ''.join(f"; rank {r['rank']}: {r['error']} during {r['stage']}: {(r['message'].splitlines() or [''])[0]}"
+                             for r in info.get('other_ranks', []))   # a launched run: the other ranks' errors
+            return f"{info['error']} during {info['stage']}: {info['message'].splitlines()[0] if info['message'] else ''}{others}"
         except (OSError, ValueError, KeyError, IndexError): pass
     name = getattr(e, 'ename', type(e).__name__)
     msg = getattr(e, 'evalue', str(e))
@@ -171,6 +173,7 @@ def failure_message(cfg:ExperimentConfig, e:BaseException) -> str:
 class GridReport:
     "What `run_grid` did: one row per run (exp_id, sweep, status before, outcome, seconds, error)."
     table: pd.DataFrame
+    locks: pd.DataFrame|None = None # dry runs: the locks held in the results folder (`launch.results_locks`)
     @property
     def failed(self) -> pd.DataFrame: return self.table[self.table.outcome == 'failed']
     @property

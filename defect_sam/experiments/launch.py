@@ -17,17 +17,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
-from filelock import FileLock, Timeout
 
+from ..core.locks import describe_holder, LeaseLock, lock_holder, lock_holders, LockTimeout
 from ..core.errors import ConfigError
 from ..core.io import write_json_atomic
 from .config import ExperimentConfig
+from .table import relative_to
 from .run import run_experiment, run_status
 from .grid import expand_grid, failure_message, grid_status, GridReport, GridRun, load_grid, resolve_template, run_in_notebook
 
 # %% auto #0
-__all__ = ['LAUNCHERS', 'LauncherConfig', 'parse_gpus', 'launcher_config', 'slurm_parameters', 'sbatch_preview', 'run_lock',
-           'GridWorker', 'launch_grid', 'run_grid']
+__all__ = ['LAUNCHERS', 'LauncherConfig', 'parse_gpus', 'launcher_config', 'slurm_parameters', 'sbatch_preview', 'run_lock_path',
+           'run_lock', 'GridWorker', 'results_locks', 'launch_grid', 'run_grid']
 
 # %% ../../nbs/6b_experiments.launch.ipynb #2e1108b0
 LAUNCHERS = ('local', 'slurm')
@@ -113,11 +114,13 @@ def sbatch_preview(lc:LauncherConfig, folder:str|Path, n_runs:int, name:str='def
     return _make_sbatch_string(command=f'{sys.executable} -u -m submitit.core._submit {folder}/%j', folder=str(Path(folder)/'%j'), **p)
 
 # %% ../../nbs/6b_experiments.launch.ipynb #a098b5dd
-def run_lock(cfg:ExperimentConfig) -> FileLock:
-    "The lock of one run id, `<results_dir>/.locks/<exp_id>.lock`: held while the run executes, by whoever runs it."
-    d = Path(cfg.results_dir)/'.locks'
-    d.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(d/f'{cfg.exp_id}.lock'))
+def run_lock_path(cfg:ExperimentConfig) -> Path:
+    "The lock file of one run id: `<results_dir>/.locks/<exp_id>.lock`."
+    return Path(cfg.results_dir)/'.locks'/f'{cfg.exp_id}.lock'
+
+def run_lock(cfg:ExperimentConfig) -> LeaseLock:
+    "The lock of one run id (a lease lock, `run_lock_path`): held while the run executes, by whoever runs it."
+    return LeaseLock(run_lock_path(cfg))
 
 @dataclass
 class GridWorker:
@@ -167,10 +170,11 @@ class GridWorker:
         out = {'exp_id': r.exp_id, 'sweep': r.sweep, 'status': None, 'outcome': None, 'seconds': 0.0, 'error': None,
                'worker': self.token[:8], 'host': socket.gethostname(), 'gpus': os.environ.get('CUDA_VISIBLE_DEVICES')}
         lock = run_lock(cfg)
-        try: lock.acquire(timeout=0)
-        except Timeout:
-            out.update(status='running', outcome='busy', error=f'{lock.lock_file} is held: another grid is running it')
-            self._say(f"{head}: busy (another grid holds its lock), left to it")
+        try: lock.acquire(timeout=0)   # one try; a stale lock (its holder gone) is taken over
+        except LockTimeout as e:
+            out.update(status='running', outcome='busy',
+                       error=f'{lock.lock_file} is held by {describe_holder(e.holder)}: another grid is running it')
+            self._say(f"{head}: busy (held by {describe_holder(e.holder)}), left to it")
             return self._record(out)
         try:
             st = out['status'] = run_status(cfg.results_dir, r.exp_id)   # under the lock: it may have finished meanwhile
@@ -212,6 +216,26 @@ def _plan(lc:LauncherConfig, folder:Path, todo:list, name:str) -> str:
 
 _TABLE = ['exp_id', 'sweep', 'status', 'outcome', 'seconds', 'error', 'job_id', 'log']
 
+def _lock_state(h:dict) -> str:
+    if h['alive'] is False: return 'stale: its process is gone'
+    if h['stale']: return f"stale: its lease lapsed {-h['expires_in_s'] / 60:.1f} min ago"
+    return 'held'
+
+def results_locks(results_dir:str|Path) -> pd.DataFrame:
+    "The locks held in a results folder (runs, trainings, the table, the MLflow store): holder host, PID, SLURM job, age, stale or not."
+    r = Path(results_dir)
+    paths = [*sorted((r/'.locks').glob('*.lock')), *sorted((r/'checkpoints').glob('*/train.lock')), r/'experiments.csv.lock',
+             r/'mlflow.db.lock']
+    rows = [{'lock': relative_to(h['lock'], r), 'host': h['host'], 'pid': h['pid'], 'job': h['job'],
+             'age_min': None if h['age_s'] is None else round(h['age_s'] / 60, 1), 'state': _lock_state(h)} for h in lock_holders(paths)]
+    return pd.DataFrame(rows, columns=['lock', 'host', 'pid', 'job', 'age_min', 'state'])
+
+def _dry_report(t:pd.DataFrame, runs:list, results_dir) -> GridReport:
+    "A dry run's table (with a `lock` column naming each held run lock's holder, when one is held) and the folder's locks."
+    held = [describe_holder(h) if (h := lock_holder(run_lock_path(r.config))) else '' for r in runs]
+    if any(held): t = t.assign(lock=held)
+    return GridReport(t, locks=results_locks(results_dir))
+
 def launch_grid(runs:list, # the GridRuns (from expand_grid)
                 lc:LauncherConfig, # where they go
                 name:str='grid', # job name and log folder prefix
@@ -239,7 +263,7 @@ def launch_grid(runs:list, # the GridRuns (from expand_grid)
         if todo: log(_plan(lc, folder, todo, name))
         t = status.assign(outcome=[('would submit' if r.exp_id in wanted else 'skip (done)' if st == 'done' else 'failed (not rerun)')
                                    for r, st in zip(runs, status.status)], seconds=0.0, error=None)
-        return GridReport(t)
+        return _dry_report(t, runs, rdir)
     if notebook and runner is None and todo: resolve_template(template)
     jobs, workers = [], []
     if todo:
@@ -312,8 +336,8 @@ def run_grid(grid:str|Path|dict, # a grid YAML file, YAML text, or a dict
         return launch_grid(runs, lc, g.get('name') or 'grid', notebook, template, rerun_failed, runner, dry_run, log)
     status = grid_status(runs)
     if dry_run:
-        return GridReport(status.assign(outcome=status.status.map(lambda s: 'skip (done)' if s == 'done' else 'would run'),
-                                        seconds=0.0, error=None))
+        return _dry_report(status.assign(outcome=status.status.map(lambda s: 'skip (done)' if s == 'done' else 'would run'),
+                                         seconds=0.0, error=None), runs, runs[0].config.results_dir if runs else results_dir or 'results')
     if notebook and runner is None: resolve_template(template)
     with tempfile.TemporaryDirectory() as d:
         w = GridWorker(runs, d, notebook, str(template) if template else None, rerun_failed, runner, log, len(runs))

@@ -5,11 +5,13 @@
 # %% ../../nbs/69_experiments.run.ipynb #89f25ab7
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 import traceback
@@ -28,7 +30,7 @@ from ..evaluation.metrics import EMPTY_CONVENTION, MemoryMonitor
 from ..evaluation.postprocess import PostProcess
 from ..evaluation.evaluate import EvalResult
 from ..models.registry import check_role, model_family
-from ..training.distributed import init_processes, local_device, process_rank, wait_for_everyone
+from ..training.distributed import announce_failure, init_processes, local_device, process_rank, RankFailed, wait_for_everyone
 from .config import ExperimentConfig, field_roles, ID_LINES, threshold_spec
 from .table import append_result, find_run, finished_row, relative_to, resolve_path
 from .data import check_no_leak, data_record, experiment_data, manifest_dir, read_data_record
@@ -124,11 +126,14 @@ def run_experiment(cfg:ExperimentConfig|dict|None=None, # the parameters (a conf
     else: cfg = ExperimentConfig.from_dict(cfg or {}, 'run_experiment', **overrides)
     rank, nproc = process_rank()
     if nproc > 1:   # torchrun / accelerate launch: every rank trains (DDP), rank 0 alone evaluates and writes
-        _check_launched(cfg); init_processes()
+        _check_launched(cfg)
+        if rank == 0: _clear_rank_failures(cfg)
+        init_processes()
         if rank: return _other_rank(cfg)
-    if progress == 'terminal':
-        with terminal_progress() as s: return _run(cfg, True, RunProgress(cfg.exp_id, s))
-    return _run(cfg, bool(progress), RunProgress(cfg.exp_id, sys.stderr if progress else None))
+    with _rank0_failure(cfg):   # launched: a failure of rank 0 ends the others at once; theirs go into its FAILED.json
+        if progress == 'terminal':
+            with terminal_progress() as s: return _run(cfg, True, RunProgress(cfg.exp_id, s))
+        return _run(cfg, bool(progress), RunProgress(cfg.exp_id, sys.stderr if progress else None))
 
 def _moved(o, old:str, new:str):
     "`o` with every path string under `old` moved under `new` (what a run recorded while it was being made elsewhere)."
@@ -233,14 +238,61 @@ def _check_launched(cfg:ExperimentConfig):
                           f"(train_options: {{device: '0,1'}}), not with torchrun / accelerate launch")
 
 def _other_rank(cfg:ExperimentConfig) -> None:
-    "Rank >= 1 of a launched run: its share of DDP training, then wait for rank 0 (which evaluates and writes)."
-    if cfg.trains and not cfg.skip_inference:
-        cfg = ExperimentConfig.from_dict(cfg.to_dict(), device=local_device(cfg.device))
-        seed_everything(cfg.seed)
-        parts = experiment_data(cfg)
-        model = build_experiment_model(cfg, parts['train'])
-        train_experiment_model(cfg, model, parts, progress=False)
-    wait_for_everyone()
+    "Rank >= 1 of a launched run: its share of DDP training, then wait for rank 0 (which evaluates and writes); its own failure is recorded and posted."
+    stage = 'data'
+    try:
+        if cfg.trains and not cfg.skip_inference:
+            cfg = ExperimentConfig.from_dict(cfg.to_dict(), device=local_device(cfg.device))
+            seed_everything(cfg.seed)
+            parts = experiment_data(cfg)
+            stage = 'model'; model = build_experiment_model(cfg, parts['train'])
+            stage = 'train'; train_experiment_model(cfg, model, parts, progress=False)
+        stage = 'wait'; wait_for_everyone()
+    except RankFailed: raise   # another rank's failure: that rank recorded it
+    except BaseException as e:
+        _record_rank_failure(cfg, stage, e)
+        announce_failure(e)
+        raise
+
+def _rank_files(cfg:ExperimentConfig) -> list[Path]:
+    d = Path(cfg.results_dir)/ATTEMPTS
+    return sorted(d.glob(f'{cfg.exp_id}.rank*.FAILED.json')) if d.exists() else []
+
+def _clear_rank_failures(cfg:ExperimentConfig):
+    "Rank 0, before the ranks meet: the rank files of an earlier launch of this run go."
+    for p in _rank_files(cfg): p.unlink(missing_ok=True)
+
+def _record_rank_failure(cfg:ExperimentConfig, stage:str, e:BaseException):
+    "A rank > 0 failed: its error, in `<results_dir>/.attempts/<exp_id>.rank<k>.FAILED.json` (rank 0 folds it into FAILED.json)."
+    rank = process_rank()[0]
+    info = {'exp_id': cfg.exp_id, 'rank': rank, 'host': socket.gethostname(), 'stage': stage, 'error': type(e).__name__,
+            'message': str(e), 'traceback': ''.join(traceback.format_exception(type(e), e, e.__traceback__)),
+            'time': dt.datetime.now().isoformat(timespec='seconds')}
+    with contextlib.suppress(OSError): write_json_atomic(Path(cfg.results_dir)/ATTEMPTS/f'{cfg.exp_id}.rank{rank}.FAILED.json', info)
+
+@contextlib.contextmanager
+def _rank0_failure(cfg:ExperimentConfig):
+    "Rank 0 of a launched run: on failure, fold the other ranks' errors into its FAILED.json, then tell them (nothing in one process)."
+    if process_rank()[1] == 1:
+        yield
+        return
+    try: yield
+    except BaseException as e:
+        with contextlib.suppress(OSError, ValueError): _fold_rank_failures(cfg)
+        announce_failure(e)
+        raise
+
+def _fold_rank_failures(cfg:ExperimentConfig):
+    "The rank files of this run go into the FAILED.json rank 0 just wrote (in the run folder, or in its attempt beside a kept finished run)."
+    ranks = _rank_files(cfg)
+    results = Path(cfg.results_dir)
+    marks = [p for p in [results/cfg.exp_id/'FAILED.json', *(a/'FAILED.json' for a in _attempts(results, cfg.exp_id, 'attempt'))] if p.exists()]
+    if not ranks or not marks: return
+    f = max(marks, key=lambda p: p.stat().st_mtime)
+    info = json.loads(f.read_text())
+    info['other_ranks'] = [json.loads(p.read_text()) for p in ranks]
+    write_json_atomic(f, info)
+    for p in ranks: p.unlink(missing_ok=True)
 
 # %% ../../nbs/69_experiments.run.ipynb #82cbccc0
 def ensemble_config(exp_ids:list, # the members' exp_ids

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
 
+from ..core.locks import LeaseLock
 from ..core.errors import ConfigError, DataError
 from ..core.provenance import git_commit
 from ..training.loop import tracker_values
@@ -107,7 +107,7 @@ class MlflowRun:
         self.client = MlflowClient(self.uri)
         local = 'MLFLOW_TRACKING_URI' not in os.environ
         if local: Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
-        with FileLock(str(Path(cfg.results_dir)/'mlflow.db.lock')):     # several runs may create the experiment at once
+        with LeaseLock(Path(cfg.results_dir)/'mlflow.db.lock'):     # several runs (on several nodes) may create the experiment at once
             exp = self.client.get_experiment_by_name(self.experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
                 self.experiment, artifact_location=(Path(cfg.results_dir)/'mlartifacts').absolute().as_uri() if local else None)

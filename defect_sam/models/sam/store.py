@@ -5,6 +5,7 @@
 # %% ../../../nbs/35_models.sam.store.ipynb #f5b79163
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import warnings
@@ -36,7 +37,7 @@ class EmbeddingStore:
                  folder:str|Path, # the store's folder (created)
                  max_bytes:int|None=None, # byte bound (least recently used files evicted); None: unbounded
                  dtype:str='float32', # float32 (exact), float16 or bfloat16 (half the size, rounded)
-                 rescan_every:int=256): # writes between scans of the folder (other jobs' files)
+                 rescan_every:int=256): # writes between scans of the folder (other jobs' files) while it is less than half full
         if dtype not in _STORE_DTYPES: raise ConfigError(f"EmbeddingStore: dtype {dtype!r} is not one of {sorted(_STORE_DTYPES)}")
         if max_bytes is not None and max_bytes < 0: raise ConfigError(f"EmbeddingStore: max_bytes must be >= 0 or None, got {max_bytes}")
         self.folder, self.max_bytes, self.dtype, self.rescan_every = Path(folder).expanduser(), max_bytes, dtype, rescan_every
@@ -45,8 +46,8 @@ class EmbeddingStore:
         self.hits = self.misses = self.writes = self.evictions = 0
 
     def path(self, key:str) -> Path:
-        "The file of `key`."
-        return self.folder/hashlib.blake2b(key.encode(), digest_size=1).hexdigest()/f'{key}.safetensors'
+        "The file of `key` in this store's dtype (a float16 and a float32 writer never share a file)."
+        return self.folder/hashlib.blake2b(key.encode(), digest_size=1).hexdigest()/f'{key}.{self.dtype}.safetensors'
 
     def __contains__(self, key:str) -> bool: return self.path(key).exists()
 
@@ -56,14 +57,16 @@ class EmbeddingStore:
         from safetensors.torch import load
         p = self.path(key)
         try: data = p.read_bytes()
-        except FileNotFoundError: self.misses += 1; return None          # never written, or evicted
+        except OSError as e:                          # never written, evicted, or evicted by another client (NFS: ESTALE)
+            if not isinstance(e, FileNotFoundError) and e.errno != errno.ESTALE: raise
+            self.misses += 1; return None
         try: feats, meta = load(data), safe_metadata(data)
         except (SafetensorError, ValueError) as e:   # not written by this class (atomic writes leave no half files)
             warnings.warn(f"embedding store: unreadable file {p} ({e}); recomputing and overwriting it")
             p.unlink(missing_ok=True); self.misses += 1
             return None
         try: os.utime(p)                                                    # most recently used
-        except FileNotFoundError: pass                                      # evicted after the read: the bytes are whole
+        except OSError: pass                                                # evicted after the read: the bytes are whole
         self.hits += 1
         cl = set(filter(None, meta.get('channels_last', '').split(',')))   # the encoder's own memory layout, so that
         return {k: v.to(torch.float32).contiguous(memory_format=torch.channels_last) if k in cl else v.to(torch.float32)   # the
@@ -90,13 +93,15 @@ class EmbeddingStore:
             for f in os.scandir(d.path):
                 if f.name.startswith('.') or not f.name.endswith('.safetensors'): continue
                 try: st = f.stat()
-                except FileNotFoundError: continue
+                except OSError: continue                                    # deleted meanwhile (ESTALE on NFS)
                 out.append((st.st_mtime, st.st_size, f.path))
         return out
 
     def _count(self, n:int):
+        "After a write of `n` bytes: rescan (every write once the folder is half full, so the bound holds within one image per writer), evict."
         self._writes_since_scan += 1
-        if self._used is None or self._writes_since_scan >= self.rescan_every: self._scan()
+        near = self.max_bytes is not None and self._used is not None and self._used + n > self.max_bytes // 2
+        if self._used is None or near or self._writes_since_scan >= self.rescan_every: self._scan()
         else: self._used += n
         if self.max_bytes is not None and self._used > self.max_bytes: self.evict()
 
@@ -113,7 +118,7 @@ class EmbeddingStore:
         for _, size, path in files:
             if self._used <= target: break
             try: os.unlink(path); n += 1
-            except FileNotFoundError: pass                                  # another job evicted it
+            except OSError: pass                                            # another job evicted it
             self._used -= size
         self.evictions += n
         return n
