@@ -2,8 +2,11 @@
 """Fine-tuning SAM2 from the proxy-pretrained SAM2.1-tiny (`tools/pretrain_proxy.py`), side by side in one run.
 
 Rows: the proxy zero-shot, LoRA `decoder`, LoRA `encoder_decoder` and full fine-tuning, each trained and evaluated with
-box prompts and with `points_3` prompts. Columns, per dataset: test mIoU, defect-image mIoU and pooled IoU, from the one
-evaluation function (threshold 0.5, the same evaluation prompts for every row: `seed` fixed). Datasets (binary):
+box prompts and with `points_3` prompts; on the datasets with defect-free test images (`--full-image-datasets`, the
+synthetic strips: half are clean) also prompt-free, with the `full_image` prompt, trained with `loss: sam2`, and scored
+with the object-score rule (its default after that loss) and without it. Columns, per dataset: test mIoU, defect-image
+mIoU, pooled IoU and the false-alarm rate (defect-free images given any defect pixel), from the one evaluation
+function (threshold 0.5, the same evaluation prompts for every row: `seed` fixed). Datasets (binary):
 
 - `synthetic`: the synthetic steel set (train: `--synthetic-train` strips, test: another seed), strips 128x512;
 - `neu`: `../shared/data/neu_seg_mini`, train split for training, val split as test;
@@ -14,7 +17,9 @@ Then two studies on `--study-data` (NEU by default), each a pair of LoRA `encode
 
 - `loss: sam2` vs the default Dice+focal (box prompts): Spearman correlation of the predicted IoU of each test prompt's
   mask with its true IoU against that prompt's own object;
-- `correction_iters` vs none (box prompts): the evaluation's IoU-per-click curve (`correction_study`, box start, 5 clicks).
+- clicks: the evaluation's IoU-per-click curve (`correction_study`, 5 clicks) of the proxy itself (box start and point
+  start: it was pretrained with corrective clicks), and after fine-tuning (box prompts) with `correction_iters: 3` and
+  without.
 
     python tools/pretrain_proxy.py                        # once (cached)
     python benchmarks/bench_finetune.py [--steps 150] [--proxy PATH] [--out DIR]
@@ -46,7 +51,7 @@ from defect_sam.training.loop import TrainConfig, train
 METHODS = {'LoRA decoder': ('sam2_lora', dict(lora_strategy='decoder', lora_rank=16, lora_alpha=32)),
            'LoRA encoder_decoder': ('sam2_lora', dict(lora_strategy='encoder_decoder', lora_rank=16, lora_alpha=32)),
            'full fine-tuning': ('sam2_full', {})}
-COLS = {'test_mIoU': 'mIoU', 'test_mIoU_defect': 'mIoU_defect', 'test_pooled_IoU': 'pooled_IoU'}
+COLS = {'test_mIoU': 'mIoU', 'test_mIoU_defect': 'mIoU_defect', 'test_pooled_IoU': 'pooled_IoU', 'false_alarm_rate': 'false_alarm_rate'}
 
 
 def datasets(shared: Path, names, n_synth: int):
@@ -95,6 +100,9 @@ def score(model, data, prompt, seed):
     return {c: float(s[k]) for c, k in COLS.items()}
 
 
+def has_clean(ds) -> bool: return any(not s.mask.any() for s in ds)
+
+
 def iou_ranking(model, data, seed):
     "Spearman correlation of predicted and true IoU over every box prompt of `data` (each prompt against its own object)."
     pred, true = [], []
@@ -125,6 +133,7 @@ def main():
     ap.add_argument('--study-steps', type=int, default=None, help='steps of each study run (default: --steps)')
     ap.add_argument('--study-method', default='LoRA encoder_decoder', choices=list(METHODS), help='what the study runs train')
     ap.add_argument('--studies', nargs='+', default=['spearman', 'clicks'], choices=['spearman', 'clicks'])
+    ap.add_argument('--full-image-datasets', nargs='*', default=['synthetic'], help='datasets with defect-free test images: add full_image rows')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--out', type=Path, default=Path('bench_finetune_out'))
@@ -142,7 +151,8 @@ def main():
     for dn, (tr, te) in data.items():
         print(f"{dn}: train {len(tr)}, test {len(te)}")
         zs = build('sam2_zeroshot', proxy, a)
-        for p in a.prompts:
+        full = dn in a.full_image_datasets and has_clean(te)
+        for p in a.prompts + (['full_image'] if full else []):
             rows.append(dict(dataset=dn, method='proxy zero-shot', prompt=p, **score(zs, te, p, a.seed)))
         for mn, (reg, kw) in METHODS.items():
             lr = a.full_lr if reg == 'sam2_full' else a.lora_lr
@@ -151,15 +161,25 @@ def main():
                 t, l0, l1 = fit(m, tr, a, a.out/'runs'/f'{dn}-{mn.replace(" ", "_")}-{p}', p, lr)
                 rows.append(dict(dataset=dn, method=mn, prompt=p, **score(m, te, p, a.seed), train_s=t, loss_first=l0, loss_last=l1))
                 print(f"  {mn:22s} {p:9s} {t:6.0f} s  loss {l0:.3f} -> {l1:.3f}  " +
-                      '  '.join(f"{k} {rows[-1][k]:.3f}" for k in COLS))
+                      '  '.join(f"{k} {rows[-1][k]:.3f}" for k in COLS), flush=True)
+            if full:                                      # prompt-free: sam2's loss, with and without the object-score rule
+                m = build(reg, proxy, a, **kw)
+                t, l0, l1 = fit(m, tr, a, a.out/'runs'/f'{dn}-{mn.replace(" ", "_")}-full_image', 'full_image', lr, loss='sam2')
+                rows.append(dict(dataset=dn, method=mn, prompt='full_image, loss sam2', **score(m, te, 'full_image', a.seed), train_s=t,
+                                 loss_first=l0, loss_last=l1))
+                m.use_object_score = False
+                rows.append(dict(dataset=dn, method=mn, prompt='full_image, loss sam2, no object-score rule', **score(m, te, 'full_image', a.seed)))
+                print(f"  {mn:22s} full_image (sam2 loss) {t:6.0f} s  false alarms {rows[-2]['false_alarm_rate']:.3f} with the "
+                      f"object-score rule, {rows[-1]['false_alarm_rate']:.3f} without; defect mIoU {rows[-2]['test_mIoU_defect']:.3f} / "
+                      f"{rows[-1]['test_mIoU_defect']:.3f}", flush=True)
         df = pd.DataFrame(rows); df.to_csv(a.out/'table.csv', index=False)
     df = pd.DataFrame(rows)
-    wide = df.pivot_table(index=['method', 'prompt'], columns='dataset', values=list(COLS), sort=False)
-    wide = wide.reorder_levels([1, 0], axis=1)[[(d, c) for d in data for c in COLS]]
+    wide = df.pivot_table(index=['method', 'prompt'], columns='dataset', values=list(COLS), sort=False, dropna=False)
+    wide = wide.reorder_levels([1, 0], axis=1)[[(d, c) for d in data for c in COLS]].dropna(how='all')   # rows of combinations never run
     print('\nPROXY-PRETRAINED SAM2.1-tiny (not official weights): test metrics, threshold 0.5')
     print(markdown(wide))
     zs = df[df.method == 'proxy zero-shot'].set_index(['dataset', 'prompt'])
-    worse = [f"{r.method}/{r.prompt}/{r.dataset}/{c}" for r in df[df.method != 'proxy zero-shot'].itertuples()
+    worse = [f"{r.method}/{r.prompt}/{r.dataset}/{c}" for r in df[(df.method != 'proxy zero-shot') & df.prompt.isin(a.prompts)].itertuples()
              for c in ('test_mIoU_defect', 'test_pooled_IoU') if getattr(r, c) <= zs.loc[(r.dataset, r.prompt), c]]
     print('every fine-tuned row beats the zero-shot of its prompt (defect mIoU and pooled IoU): ' + ('yes' if not worse else f"NO: {worse}"))
     summary = dict(proxy=str(proxy), proxy_info=info, args={k: str(v) for k, v in vars(a).items()}, table=rows, not_better=worse)
@@ -179,13 +199,16 @@ def main():
                   ', '.join(f"{k} {v[0]:.3f}" for k, v in rank.items()))
             summary |= dict(spearman={k: v[0] for k, v in rank.items()}, spearman_n=rank['sam2'][1])
         curves = {}
+        if 'clicks' in a.studies:
+            zs = build('sam2_zeroshot', proxy, sa)
+            for start in ('box', 'point'): curves[f'proxy zero-shot, {start} start'] = correction_study(zs, te, start=start, k=5)[1]
         for k in ((0, 3) if 'clicks' in a.studies else ()):
             m = build(reg, proxy, sa, **kw)
             fit(m, tr, sa, a.out/'runs'/f'study-clicks-{k}', 'box', lr, correction_iters=k)
-            curves[f'correction_iters={k}'] = correction_study(m, te, start='box', k=5)[1]
+            curves[f'correction_iters={k}, box start'] = correction_study(m, te, start='box', k=5)[1]
         if curves:
             cv = pd.DataFrame(curves).T
-            print(f"IoU per corrective click (box start), {a.study_data} test, {a.study_method} trained with box prompts:")
+            print(f"IoU per corrective click, {a.study_data} test (the proxy; {a.study_method} trained with box prompts):")
             print(markdown(cv))
             summary |= dict(click_curves={k: v.tolist() for k, v in curves.items()})
     write_json_atomic(a.out/'summary.json', summary)

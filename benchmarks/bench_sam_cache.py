@@ -52,8 +52,8 @@ def main():
     a = ap.parse_args()
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    seg = SamSegmenter(a.size, weights='random', image_size=a.image_size, device=a.device)
-    nocache = SamSegmenter(a.size, weights='random', image_size=a.image_size, device=a.device, cache_bytes=0)
+    seg = SamSegmenter(a.size, weights='random', image_size=a.image_size, device=a.device, output='token0')   # as the predictor below: multimask_output=False
+    nocache = SamSegmenter(a.size, weights='random', image_size=a.image_size, device=a.device, cache_bytes=0, output='token0')
     nocache.model = seg.model; nocache._module = seg._module                  # one model for all three
     pred = SAM2ImagePredictor(seg.model)
     data = strips(a.n)

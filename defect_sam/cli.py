@@ -13,7 +13,7 @@ from .core.errors import ConfigError, DefectSamError
 from .models.registry import list_models
 from .training.distributed import process_rank
 from .experiments.config import coerce_value, config_fields, ExperimentConfig, read_params
-from .experiments.table import read_results
+from .experiments.table import missing_rows, read_results, rebuild_table
 from .experiments.run import run_ensemble, run_experiment
 from .experiments.grid import failure_message, run_in_notebook
 from .experiments.launch import run_grid
@@ -21,7 +21,7 @@ from .experiments.reproduce import reproduce
 from .outputs.report import build_report
 from .outputs.submission import submission_from_run
 from .outputs.export import export_run
-from .outputs.predict import load_predictor, predict_folder
+from .outputs.predict import check_out_dir, load_predictor, predict_folder
 
 # %% auto #0
 __all__ = ['add_config_options', 'config_from_args', 'build_parser', 'main']
@@ -60,7 +60,7 @@ def config_from_args(ns:argparse.Namespace) -> ExperimentConfig:
 def build_parser() -> argparse.ArgumentParser:
     "The `defect-sam` argument parser."
     p = argparse.ArgumentParser(prog='defect-sam', description='SAM2, LoRA and baselines for industrial defect segmentation: experiments, grids, report.')
-    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,reproduce,models,export,predict,ensemble,submission}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='{run,grid,report,reproduce,table,models,export,predict,ensemble,submission}')
     r = sub.add_parser('run', help='run one experiment (the notebook nbs/run_experiment.ipynb, or in-process)',
                        description='Run one experiment and add its row to <results_dir>/experiments.csv.')
     r.add_argument('--config', metavar='YAML', help='read parameters from this file first (e.g. a run\'s params.yaml)')
@@ -108,16 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument('--rescore-only', action='store_true', help='only the evaluations, from the saved probabilities (tolerance 0; seconds per run)')
     rp.add_argument('--out', help='the certificate folder (default: <results-dir>/reproduce/<time>); the runs go to OUT/results')
     rp.add_argument('--device', help="run on another device (default: each run's own)")
+    tb = sub.add_parser('table', help="check the results table against the finished runs' row files, or rebuild it from them",
+                        description='experiments.csv is a view of the finished runs\' row files (<results-dir>/<exp_id>/row.json beside '
+                                    'done.json). Without --rebuild: list the finished runs missing from it (exit 1 when there are some). '
+                                    'With --rebuild: rewrite it from the row files under its lock (rows without a run folder are kept).')
+    tb.add_argument('--rebuild', action='store_true', help='rebuild experiments.csv from the row files')
+    tb.add_argument('--results-dir', default='results', help='the results folder (default: results)')
     sub.add_parser('models', help='list the registered models')
-    x = sub.add_parser('export', help="export a finished run's model (U-Net family, SAM2 with LoRA merged) as ONNX",
-                       description='Write <run_dir>/export/model.onnx (U-Nets) or sam2_encoder.onnx + sam2_decoder.onnx (SAM2), and export.json.')
+    x = sub.add_parser('export', help="export a finished run's model (U-Net family, SAM2-UNet, SAM2 with LoRA merged) as ONNX",
+                       description='Write <run_dir>/export/model.onnx (U-Nets, SAM2-UNet) or sam2_encoder.onnx + sam2_decoder.onnx (SAM2), '
+                                   'and export.json. A run that predict would refuse (SAM2 prompted from the ground truth or by a '
+                                   'detector, no threshold) is refused before anything is written.')
     x.add_argument('exp_id', metavar='EXP_ID', help='a finished run in the results folder')
     x.add_argument('--format', default='onnx', choices=['onnx'], help='export format (default: onnx)')
     x.add_argument('--results-dir', default='results', help='the results folder (default: results)')
     x.add_argument('--out', help='folder to write to (default: <run_dir>/export)')
     pr = sub.add_parser('predict', help='apply a finished run (or its ONNX export) to a folder of images',
-                        description='Write masks/<stem>.png (class index), submission.csv (class-aware models), errors.csv and predict.json; '
-                                    'exit 1 when some images could not be predicted (the others are still written).')
+                        description='Write masks/<stem>.png (class index), submission.csv (class-aware models), errors.csv and predict.json '
+                                    'into an empty OUT_DIR (or, with --overwrite, over an earlier predict\'s output); '
+                                    'exit 1 when some images could not be read or predicted (they are named in errors.csv, the others are '
+                                    'still written), exit 2 on an error that stops everything (a bad source, images sharing a stem, ...).')
     pr.add_argument('source', metavar='EXP_ID|MODEL.onnx', help='an exp_id, a U-Net .onnx file, or a SAM2 export folder')
     pr.add_argument('images', metavar='IMAGES_DIR', help='folder of images (.png .jpg .jpeg .bmp .tif .tiff)')
     pr.add_argument('--out', required=True, metavar='OUT_DIR', help='output folder')
@@ -126,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help='submission.csv columns: kaggle (ImageId_ClassId,EncodedPixels) or long (ImageId,ClassId,EncodedPixels)')
     pr.add_argument('--no-gate', action='store_true', help="do not apply the run's gate")
     pr.add_argument('--device', default='cpu', help='torch device for exp_id sources (default: cpu)')
+    pr.add_argument('--overwrite', action='store_true',
+                    help="OUT_DIR may hold an earlier predict's output: its masks/, submission.csv, errors.csv and predict.json are "
+                         "deleted first (nothing else); without it a non-empty OUT_DIR is an error")
     e = sub.add_parser('ensemble', help='average the saved probabilities of finished runs, calibrate on val, add its row',
                        description='The weighted mean of the saved val and test probabilities of finished runs (no model is re-run), '
                                    'calibrated on val and scored like any run: one row with model "ensemble".')
@@ -181,6 +194,11 @@ def _grid(ns) -> int:
         with pd.option_context('display.max_rows', None, 'display.width', 200, 'display.max_colwidth', 60):
             print(rep.table.drop(columns=['seconds', 'error']).to_string(index=False))
         print(f"{len(rep.table)} runs, {(rep.table.status == 'done').sum()} done")
+        if rep.locks is not None and len(rep.locks):
+            n = rep.locks.state.str.startswith('stale').sum()
+            print(f"locks held in the results folder ({n} stale: the next run that needs one takes it over):")
+            with pd.option_context('display.max_rows', None, 'display.width', 200, 'display.max_colwidth', 80):
+                print(rep.locks.to_string(index=False))
         return 0
     if ns.launcher is not None:
         with pd.option_context('display.max_rows', None, 'display.width', 200, 'display.max_colwidth', 100):
@@ -201,10 +219,11 @@ def _export(ns) -> int:
     return 0
 
 def _predict(ns) -> int:
+    check_out_dir(ns.out, ns.overwrite)   # before the model is loaded
     pr = load_predictor(ns.source, ns.results_dir, ns.device, use_gate=not ns.no_gate)
     if pr.record.get('weights') == 'random' or pr.record.get('dataset') == 'synthetic':
         print(f"note: {pr.source} was trained from {pr.record.get('weights')} weights on {pr.record.get('dataset')} data", file=sys.stderr)
-    rep = predict_folder(pr, ns.images, ns.out, ns.csv_format)
+    rep = predict_folder(pr, ns.images, ns.out, ns.csv_format, overwrite=ns.overwrite)
     print(rep)
     for r in rep.errors.itertuples(): print(f'error: {r.file}: {r.error}', file=sys.stderr)
     return 0 if rep.ok else 1
@@ -226,6 +245,19 @@ def _reproduce(ns) -> int:
     print(f"certificate: {c['markdown']} and {c['csv']}")
     return 0 if c['certified'] else 1
 
+def _table(ns) -> int:
+    p = Path(ns.results_dir)/'experiments.csv'
+    if ns.rebuild:
+        before = set(read_results(p).exp_id)
+        t = rebuild_table(ns.results_dir)
+        back = sorted(set(t.exp_id) - before)
+        print(f"rebuilt {p}: {len(t)} rows" + (f", {len(back)} restored from their row files: {', '.join(back)}" if back else ''))
+        return 0
+    miss = missing_rows(ns.results_dir)
+    print(f"{p}: {len(read_results(p))} rows; " + (f"{len(miss)} finished runs missing from it: {', '.join(miss)} "
+                                                   f"(`defect-sam table --rebuild` brings them back)" if miss else 'no finished run is missing'))
+    return 1 if miss else 0
+
 def _models(ns) -> int:
     print(list_models().to_string(index=False))
     return 0
@@ -234,9 +266,8 @@ def main(argv:list|None=None) -> int: # arguments (default: sys.argv[1:])
     "The `defect-sam` command; returns the exit status."
     ns = build_parser().parse_args(argv)
     try: return {'run': _run, 'grid': _grid, 'report': _report, 'models': _models, 'export': _export, 'predict': _predict,
-                 'ensemble': _ensemble, 'submission': _submission, 'reproduce': _reproduce}[ns.command](ns)
-    except DefectSamError as e:
-        if not isinstance(e, ConfigError): raise
+                 'ensemble': _ensemble, 'submission': _submission, 'reproduce': _reproduce, 'table': _table}[ns.command](ns)
+    except DefectSamError as e:   # every project error (ConfigError, DataError, ...): one line and exit 2, no traceback
         print(f'defect-sam {ns.command}: error: {e}', file=sys.stderr)
         return 2
 

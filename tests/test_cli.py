@@ -65,3 +65,16 @@ def test_models_lists_the_registry(capsys):
     assert main(['models']) == 0
     out = capsys.readouterr().out
     assert 'sam2_lora' in out and 'yolo_sam2' in out
+
+
+def test_project_errors_exit_2_with_one_line(tmp_path, capsys):
+    "A DataError (here a corrupt or missing .onnx) is one `error:` line and exit 2, through the console script: no traceback."
+    imgs = tmp_path/'in'; imgs.mkdir()
+    (imgs/'a.png').write_bytes(bytes.fromhex('89504e470d0a1a0a'))   # never read: the source fails first
+    (tmp_path/'bad.onnx').write_bytes(b'not an onnx graph')
+    r = cli('predict', tmp_path/'bad.onnx', imgs, '--out', tmp_path/'out')
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"defect-sam predict: error: {tmp_path/'bad.onnx'}: onnxruntime cannot load it"), r.stderr
+    assert main(['predict', str(tmp_path/'none.onnx'), str(imgs), '--out', str(tmp_path/'out')]) == 2
+    assert capsys.readouterr().err.strip() == f"defect-sam predict: error: {tmp_path/'none.onnx'}: ONNX file not found"

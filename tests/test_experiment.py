@@ -304,7 +304,7 @@ def test_prompt_free_row_image_level_matches_a_direct_count(tmp_path):
 def test_prompt_kwargs_reach_training_validation_and_test(tmp_path, monkeypatch):
     "One prompt_kwargs: the training prompt simulation, validation during training, the threshold calibration and test."
     import defect_sam.evaluation.evaluate as ev
-    import defect_sam.models.sam.inference as sam
+    import defect_sam.models.sam.objective as sam                  # where the training prompts are simulated
     seen = {'train': [], 'eval': []}
     sim, mk = sam.simulate_prompts, ev.make_prompts
     def spy_sim(mask, rng, **kw): seen['train'].append((kw['n_neg'], kw['neg_ring'])); return sim(mask, rng, **kw)

@@ -45,7 +45,7 @@ OTHER = {'model': 'unet', 'dataset': 'severstal', 'sam2_size': 'small', 'weights
          'track_experiment': 'other', 'embedding_store': '/tmp/store', 'split': [0.6, 0.2, 0.2], 'augment': None,
          'train_options': {'patience': 3}, 'prompt_kwargs': {'n_neg': 2}, 'dataset_options': {'n_images': 16, 'height': 32, 'width': 128},
          'test_options': {'n_images': 16}, 'sam2_image_size': 128, 'img_size': 128, 'data_root': None, 'results_dir': 'elsewhere',
-         'weight_decay': 0.01}
+         'weight_decay': 0.01, 'sam2_output': 'token0', 'use_object_score': True}
 
 
 def _other(f):

@@ -39,7 +39,7 @@ def test_export_matches_the_run_model(unet_run):
     o = OnnxUnet(f)
     assert (o.meta['exp_id'], o.meta['weights'], o.meta['class_aware']) == (res.row['exp_id'], 'random', True)
     model, _ = load_run_model(d, res.row['exp_id'])
-    for im in [s.image for s in list(test)[:3]]:   # (the 1600x256 strip is checked in nbs/60_export.ipynb)
+    for im in [s.image for s in list(test)[:3]]:   # (the 1600x256 strip is checked in nbs/73_outputs.export.ipynb)
         a, b = model.predict(im), o.predict(im)
         assert a.shape == b.shape == (4,) + im.shape[:2] and np.abs(a - b).max() <= 1e-3
     # the rebuilt model reproduces the run's saved test probabilities (8-bit)
@@ -57,7 +57,7 @@ def test_predict_writes_masks_and_submission(unet_run, source, capsys):
     out = d/f'out_{source}'
     assert main(['predict', src, str(imgs), '--out', str(out), '--results-dir', str(d)]) == 1   # one broken image
     err = pd.read_csv(out/'errors.csv')
-    assert err.file.map(lambda s: Path(s).name).tolist() == ['broken.jpg'] and 'not a readable image' in err.error[0]
+    assert err.file.map(lambda s: Path(s).name).tolist() == ['broken.jpg'] and 'cannot read image' in err.error[0]
     assert 'broken.jpg' in capsys.readouterr().err
     sub = pd.read_csv(out/'submission.csv', keep_default_na=False)
     assert sub.columns.tolist() == ['ImageId_ClassId', 'EncodedPixels'] and len(sub) == 4 * len(test)

@@ -12,6 +12,7 @@ from defect_sam.data.sample import Sample
 from defect_sam.experiments.config import ExperimentConfig
 from defect_sam.experiments.table import read_results
 from defect_sam.experiments.run import run_experiment
+from defect_sam.models.base import TrainOutput
 from defect_sam.models.registry import build_model
 from defect_sam.models.sam.adapters import norm_targets
 from defect_sam.training.loop import TrainConfig
@@ -196,3 +197,112 @@ def test_proxy_pretraining_writes_a_strict_checkpoint_and_caches(tmp_path, monke
     monkeypatch.setattr(defect_sam.training.loop, 'train', lambda *a, **k: pytest.fail('a cached proxy must not train again'))
     assert tool.pretrain(tmp_path, 0.0, **kw) == rec
     with pytest.raises(ConfigError, match='other options'): tool.pretrain(tmp_path, 0.0, **{**kw, 'lr': 1e-3})
+
+
+# ---------------------------------------------------------------- issue 20: SAM2 as SAM2
+
+def _mostly_clean(n=8, h=32, w=48):
+    "A DefectDataset where image 0 has a defect and the others are clean."
+    from defect_sam.data.sample import DefectDataset
+    def load(sid):
+        k = int(sid.split('_')[1]); m = np.zeros((h, w), np.uint8)
+        if k == 0: m[8:24, 10:30] = 1
+        return Sample(sid, _img(k, h, w), m)
+    return DefectDataset([f'c_{k}' for k in range(n)], load, ['background', 'defect'], name='mostly_clean')
+
+
+def test_skip_takes_no_optimizer_step_on_defect_free_micro_batches(tmp_path):
+    "train_empty='skip': a micro-batch of defect-free images is passed over: no optimizer step, no schedule step, no weight decay."
+    from defect_sam.training.loop import read_checkpoint, train
+    ds = _mostly_clean()
+    s = build_model('sam2_lora', weights='random', image_size=64, lora_rank=2)
+    r = train(s, ds, None, TrainConfig(steps=3, batch_size=1, val_every=None, ckpt_every=3, train_empty='skip', progress=False,
+                                       augment=None, lr=1e-3), tmp_path)
+    ck = read_checkpoint(r.last_checkpoint)
+    adam_steps = {float(v['step']) for v in ck['optimizer']['state'].values()}
+    assert adam_steps == {3.0}                                    # three optimizer steps, every one on the defect image
+    assert ck['scheduler']['last_epoch'] == 3
+    st = ck['state']
+    assert st['micro'] == 3 + st['empty_skipped'] and st['empty_skipped'] >= 14   # 7 of every 8 drawn were clean
+    res = __import__('json').loads((tmp_path/'train_result.json').read_text())
+    assert res['empty_micro_batches_passed'] == st['empty_skipped']
+    s2 = build_model('sam2_lora', weights='random', image_size=64, lora_rank=2)   # negative_prompt: every micro-batch trains
+    r2 = train(s2, ds, None, TrainConfig(steps=3, batch_size=1, val_every=None, ckpt_every=3, progress=False, augment=None), tmp_path/'np')
+    assert read_checkpoint(r2.last_checkpoint)['state']['micro'] == 3
+
+
+def test_skip_with_no_defect_at_all_stops_with_a_clear_error(tmp_path, monkeypatch):
+    import defect_sam.training.loop as loop
+    from defect_sam.training.loop import TrainingError, train
+    monkeypatch.setattr(loop, '_MAX_PASSED', 5)
+    ds = _mostly_clean(); ds = ds.subset(ds.ids[1:])
+    s = build_model('sam2_lora', weights='random', image_size=64, lora_rank=2)
+    with pytest.raises(TrainingError, match="5 micro-batches in a row held nothing to train on"):
+        train(s, ds, None, TrainConfig(steps=2, batch_size=1, val_every=None, train_empty='skip', progress=False, augment=None), tmp_path)
+
+
+def test_sam2_loss_normaliser_counts_the_objects_of_every_process(monkeypatch):
+    "Under DDP the object count is all-reduced and averaged over processes, as sam2's loss does."
+    import torch.distributed as dist
+    o = dict(masks=torch.zeros(1, 1, 8, 8), iou=torch.zeros(1, 1), object_score=torch.zeros(1, 1), target=torch.ones(1, 8, 8),
+             valid=torch.ones(1, 8, 8))
+    alone = sam2_losses(TrainOutput(None, None, objects=[o]))
+    monkeypatch.setattr(dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(dist, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(dist, 'all_reduce', lambda t, *a, **k: t.add_(3))   # the other process holds 3 objects
+    shared = sam2_losses(TrainOutput(None, None, objects=[o]))
+    for k in ('focal', 'dice', 'iou', 'object_score'):                # 1 object here, 4 in all, 2 per process: half the terms
+        assert torch.isclose(shared[k], alone[k] / 2), k
+
+
+def test_checkpoints_record_how_the_model_predicts(tmp_path):
+    "A model trained with loss sam2 predicts, once loaded, with SAM2's output rule, no fallback, and the object-score rule."
+    from defect_sam.data.load import load_dataset
+    from defect_sam.training.loop import load_checkpoint, train
+    ds = load_dataset('synthetic', n_images=4, seed=0, height=32, width=64, binary=True)
+    s = build_model('sam2_lora', weights='random', image_size=64, lora_rank=2)
+    assert (s.output, s.stability_fallback, s.object_score_rule) == ('sam2', False, False)
+    r = train(s, ds, None, TrainConfig(steps=1, batch_size=2, val_every=None, loss='sam2', progress=False), tmp_path)
+    fresh = build_model('sam2_lora', weights='random', image_size=64, lora_rank=2)
+    assert fresh.object_score_rule is False
+    meta = load_checkpoint(fresh, r.last_checkpoint)
+    assert meta['inference'] == {'output': 'sam2', 'stability_fallback': False, 'trained_loss': 'sam2'}
+    assert fresh.object_score_rule is True and fresh.info()['object_score_rule'] is True
+    off = build_model('sam2_lora', weights='random', image_size=64, lora_rank=2, use_object_score=False)
+    load_checkpoint(off, r.last_checkpoint)
+    assert off.object_score_rule is False                            # the experiment's use_object_score wins
+    zs = build_model('sam2_zeroshot', weights='random', image_size=64)
+    assert (zs.stability_fallback, zs.object_score_rule) == (True, False)
+
+
+def test_every_sam2_model_reports_object_score_and_predicted_iou_per_image(tmp_path):
+    from defect_sam.data.load import load_dataset
+    from defect_sam.evaluation.evaluate import evaluate
+    from defect_sam.models.tta import with_tta
+    ds = load_dataset('synthetic', n_images=6, seed=0, height=32, width=64, binary=True)
+    zs = build_model('sam2_zeroshot', weights='random', image_size=64)
+    for model in (zs, with_tta(zs, ['hflip'])):
+        t = evaluate(model, ds, prompt='full_image', seed=0, progress=False, batch_size=2).table
+        assert {'pred_iou', 'object_score', 'no_object_prompts'} <= set(t.columns)
+        assert t[['pred_iou', 'object_score']].notna().all().all()      # full_image prompts every image
+    t = evaluate(zs, ds, prompt='box', seed=0, progress=False, save_dir=tmp_path/'run').table
+    called = t[~t.prompt_empty]
+    assert called.object_score.notna().all() and t[t.prompt_empty].object_score.isna().all()
+    from defect_sam.evaluation.evaluate import evaluate_saved
+    again = evaluate_saved(tmp_path/'run', ds, progress=False).table                   # re-scoring keeps them
+    assert np.allclose(again.object_score.to_numpy(), t.object_score.to_numpy(), equal_nan=True)
+
+
+def test_experiment_decoding_parameters():
+    zs = ExperimentConfig(**TINY, model='sam2_zeroshot', sam2_output='token0')
+    assert zs.identity()['used']['eval']['sam2_output'] == 'token0'
+    with pytest.raises(ConfigError, match='a fine-tuned SAM2 predicts with the output its training trained'):
+        ExperimentConfig(**TINY, model='sam2_lora', sam2_output='best_iou')
+    with pytest.raises(ConfigError, match='sam2_output must be one of'):
+        ExperimentConfig(**TINY, model='sam2_zeroshot', sam2_output='best')
+    a = ExperimentConfig(**TINY, model='sam2_lora', train_options={'loss': 'sam2'})
+    b = ExperimentConfig(**TINY, model='sam2_lora', train_options={'loss': 'sam2'}, use_object_score=True)
+    assert a.exp_id == b.exp_id                                      # None resolves to what the model does: the same run
+    c = ExperimentConfig(**TINY, model='sam2_lora', train_options={'loss': 'sam2'}, use_object_score=False)
+    assert c.exp_id != a.exp_id and c.config_key != a.config_key
+    assert ExperimentConfig(**TINY, model='unet', use_object_score=True).exp_id == ExperimentConfig(**TINY, model='unet').exp_id

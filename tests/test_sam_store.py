@@ -89,3 +89,36 @@ def test_training_from_the_store_encodes_each_image_once_and_is_exact(tmp_path):
     aug = _sam_lora(cache_bytes=0, disk_cache=tmp_path/'aug', disk_cache_dtype='float32')
     train(aug, train_ds, None, TrainConfig(**{**cfg, 'steps': 2, 'augment': {}}), tmp_path/'d')
     assert aug.cache_info()['disk_writes'] == 0 and not list((tmp_path/'aug').glob('*/*.safetensors'))   # augmented: bypassed
+
+
+def test_a_store_file_evicted_under_a_reader_is_a_miss_and_the_run_is_unchanged(tmp_path, monkeypatch):
+    "Issue 21: another client evicts a file between the check and the read (NFS: ESTALE); the run completes with the same numbers, and its time still counts the encoder."
+    import errno
+    import json
+    from defect_sam.experiments.run import run_experiment
+    store = tmp_path/'store'
+    base = dict(model='sam2_zeroshot', weights='random', sam2_image_size=64, device='cpu', n_figures=0, prompt='box',
+                dataset_options={'n_images': 20, 'height': 32, 'width': 96}, split=[0.4, 0.2, 0.4], embedding_store=str(store),
+                results_dir=str(tmp_path/'results'))
+    first = run_experiment({**base, 'exp_name': 'first'}, progress=False)
+    assert len(list(store.rglob('*.float32.safetensors'))) > 0
+    real, gone = EmbeddingStore.get, []
+    def evicted_under_the_reader(self, key):
+        if len(gone) % 2 == 0:                                        # every other read: the file vanishes as it is read
+            gone.append(key)
+            def stale(*a, **k): raise OSError(errno.ESTALE, 'Stale file handle')
+            with monkeypatch.context() as m:
+                m.setattr(Path, 'read_bytes', stale)
+                return real(self, key)
+        gone.append(None)
+        return real(self, key)
+    monkeypatch.setattr(EmbeddingStore, 'get', evicted_under_the_reader)
+    second = run_experiment({**base, 'exp_name': 'second'}, progress=False)
+    assert any(g is not None for g in gone)
+    for k in ('test_mIoU', 'test_Dice', 'val_mIoU', 'threshold'):
+        assert second.row[k] == first.row[k], k
+    t1, t2 = first.test.table, second.test.table
+    assert (t1.encoder_run[~t1.prompt_empty] == 1).all()               # the first run encoded every image it prompted
+    assert (t2.encoder_run[~t2.prompt_empty] == 0).any() and (t2.encoder_run[~t2.prompt_empty] == 1).any()   # stored, and re-encoded
+    cold = t2[t2.encoder_run == 1].infer_s
+    assert second.row['avg_inference_time'] == pytest.approx(cold.mean())   # only images whose encoder ran count

@@ -11,7 +11,7 @@ import io
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,8 +31,8 @@ from .figures import plot_four_panel, plot_metric_distributions, plot_pr_curve
 
 # %% auto #0
 __all__ = ['EvalResult', 'check_model_output', 'quantize', 'Prediction', 'evaluated_classes', 'iter_predictions', 'safe_name',
-           'write_png', 'save_prediction', 'load_probabilities', 'four_panel_writer', 'summary_figures', 'evaluate',
-           'read_saved', 'iter_saved', 'evaluate_saved', 'calibrate', 'calibrate_saved']
+           'write_png', 'save_prediction', 'load_probabilities', 'four_panel_writer', 'summary_figures', 'timing',
+           'evaluate', 'read_saved', 'iter_saved', 'evaluate_saved', 'calibrate', 'calibrate_saved']
 
 # %% ../../nbs/24_evaluation.evaluate.ipynb #cb012de9
 @dataclass
@@ -103,6 +103,7 @@ class Prediction:
     infer_s: float # seconds of the model call (NaN when the model was not called)
     prompts: Prompts|None # the prompts given (None for prompt-free models)
     prompt_empty: bool # True when the prompts were empty and the model was not called
+    details: dict = field(default_factory=dict) # the model's `detail_columns` for this image (NaN when it was not called)
 
 def evaluated_classes(dataset, class_aware:bool) -> tuple[int, list]:
     classes = list(getattr(dataset, 'classes', ['background', 'defect']))
@@ -146,6 +147,7 @@ def iter_predictions(model, # a Segmenter
     if batch_size < 1: raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     C, _ = evaluated_classes(dataset, class_aware)
     name = getattr(model, 'name', type(model).__name__)
+    detail_cols = tuple(getattr(model, 'detail_columns', ()) or ())
     timer = Timer(cuda_sync=True)
     def prompts_for(s):
         if not prompted: return None
@@ -159,20 +161,25 @@ def iter_predictions(model, # a Segmenter
     def run(chunk):
         ps = [prompts_for(s) for s in chunk]
         todo = [k for k, p in enumerate(ps) if p is None or not p.is_empty]
-        out, times = {}, {}
+        out, times, details = {}, {}, {}
         if todo:
             ims, kws = [chunk[k].image for k in todo], [ps[k].as_kwargs() if ps[k] is not None else {} for k in todo]
+            dets = []
             with timer:
-                res = [model.predict(ims[0], **kws[0])] if len(todo) == 1 else model.predict_batch(ims, kws if prompted else None)
+                if detail_cols: res = model.predict_batch(ims, kws if prompted else None, details=dets)
+                else: res = [model.predict(ims[0], **kws[0])] if len(todo) == 1 else model.predict_batch(ims, kws if prompted else None)
             if len(res) != len(todo): raise DataError(f"model {name!r}: predict_batch returned {len(res)} outputs for {len(todo)} images")
-            for k, r in zip(todo, res): out[k], times[k] = r, timer.last / len(todo)
+            if detail_cols and len(dets) != len(todo): raise DataError(f"model {name!r}: {len(dets)} detail rows for {len(todo)} images")
+            for j, (k, r) in enumerate(zip(todo, res)):
+                out[k], times[k] = r, timer.last / len(todo)
+                if detail_cols: details[k] = {c: dets[j].get(c, float('nan')) for c in detail_cols}
         for k, s in enumerate(chunk):
             gt = s.mask if class_aware else (s.mask > 0).astype(np.uint8)
             if k in out:
                 p = check_model_output(out[k], s, C, name)
                 if quantize_probs: p = quantize(p)
             else: p = np.zeros(((C,) if C > 1 else ()) + s.shape, np.float32)
-            yield Prediction(s, gt, p, times.get(k, float('nan')), ps[k], k not in out)
+            yield Prediction(s, gt, p, times.get(k, float('nan')), ps[k], k not in out, details.get(k, dict.fromkeys(detail_cols, float('nan'))))
     n = len(dataset) if hasattr(dataset, '__len__') else None
     chunk = []
     for s in progress_bar(dataset, total=n, disable=not progress, desc=desc or f'evaluate {name}', leave=False):
@@ -242,6 +249,16 @@ def summary_figures(res:EvalResult, save_dir):
     plot_metric_distributions(res.table, fig/'metric_distributions.png', title=res.extras.get('model', {}).get('model'))
     if 'pr_curve' in res.extras: plot_pr_curve(res.extras['pr_curve'], fig/'pr_curve.png', ap=res.summary['AUPRC'])
 
+def timing(t:pd.DataFrame, # a per-image table (infer_s; `encoder_run` when the model caches its features)
+           **extra) -> dict: # more timing facts (total time, batch size, ...)
+    "Inference time per image over the images the model was called on; the `uncached` time counts only images whose features were computed (`encoder_run` 1), the time a model without a cache would take."
+    called = t.infer_s.dropna()
+    cold = t[t.encoder_run >= 1].infer_s.dropna() if 'encoder_run' in t else called
+    mean = lambda s: float(s.mean()) if len(s) else float('nan')
+    return {'time_per_image_s': mean(called), 'time_per_image_median_s': float(called.median()) if len(called) else float('nan'),
+            'time_per_image_uncached_s': mean(cold), 'cached_images': int(len(called) - len(cold)),
+            'time_infer_total_s': float(called.sum()), 'n_model_calls': int(len(called)), **extra}
+
 def _prompt_source(model, prompt_source, seen):
     "Where the prompts came from: 'gt', a detector's name, or (prompt-free models) what the model says, else None."
     if callable(prompt_source): return seen or getattr(prompt_source, '__name__', 'callable')
@@ -288,7 +305,7 @@ def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are bui
             if r.prompts is not None: source = r.prompts.source
             cols = {'infer_s': r.infer_s, 'prompt_empty': r.prompt_empty,
                     'n_prompts': len(r.prompts) if r.prompts is not None else float('nan'),
-                    'prompt_hash': r.prompts.digest() if r.prompts is not None else None}
+                    'prompt_hash': r.prompts.digest() if r.prompts is not None else None, **r.details}
             row = acc.update(pred, r.gt, r.prob, id=s.id, **cols, floor_box_iou=box_floor_iou(r.gt))
             if cal is not None: cal.update(r.prob, r.gt, s.image, s.id)
             if pred_dir is not None:
@@ -297,7 +314,6 @@ def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are bui
     total = time.perf_counter() - t0
     res = acc.result()
     t = res.table
-    called = t.infer_s.dropna()
     ex = {'model': _model_info(model),
           'dataset': {'name': getattr(dataset, 'name', None), 'n_images': len(t), 'classes': names},
           'threshold': float(threshold), 'postprocess': pp.to_dict(), 'class_aware': class_aware,
@@ -306,17 +322,15 @@ def evaluate(model, # a Segmenter (needs_prompts decides whether prompts are bui
           'prompt_kwargs': dict(prompt_kwargs or {}), 'seed': seed, 'quantize_probs': quantize_probs,
           'n_empty_prompts': int(t.prompt_empty.sum()),
           'empty_prompt_rule': 'images with empty prompts get an empty prediction without a model call',
-          'timing': {'time_per_image_s': float(called.mean()) if len(called) else float('nan'),
-                     'time_per_image_median_s': float(called.median()) if len(called) else float('nan'),
-                     'time_infer_total_s': float(called.sum()), 'time_total_s': total, 'n_model_calls': int(len(called)),
-                     'batch_size': batch_size},
+          'timing': timing(t, time_total_s=total, batch_size=batch_size),
           'memory': mon.results(), **res.extras}
     out = EvalResult(t, res.summary, ex, cal.best(calibrate_metric) if cal is not None else None)
     if out.calibration is not None: out.extras['calibration'] = out.calibration.to_dict()
     if save_dir is not None:
         with atomic_write(pred_dir/'index.csv', 'w') as f: pd.DataFrame(index).to_csv(f, index=False)
         write_json_atomic(pred_dir/'meta.json', jsonable({k: ex[k] for k in ('model', 'dataset', 'class_aware', 'prompt',
-                          'prompt_source', 'prompt_kwargs', 'seed', 'quantize_probs', 'threshold', 'postprocess')}))
+                          'prompt_source', 'prompt_kwargs', 'seed', 'quantize_probs', 'threshold', 'postprocess')}
+                                                     | {'detail_columns': list(getattr(model, 'detail_columns', ()) or ())}))
         out.save(save_dir)
         summary_figures(out, save_dir)
         out.extras['figures'] = [str(p) for p in drawn]
@@ -327,9 +341,10 @@ def read_saved(save_dir) -> tuple[dict, pd.DataFrame]:
     d = Path(save_dir)/'predictions'
     if not (d/'index.csv').exists() or not (d/'meta.json').exists():
         raise DataError(f"{d}: no index.csv/meta.json; not a saved evaluation, or the run did not finish")
+    meta = json.loads((d/'meta.json').read_text())
     idx = pd.read_csv(d/'index.csv', dtype={'id': str, 'prompt_hash': str}, keep_default_na=False,
-                      na_values={'infer_s': [''], 'n_prompts': [''], 'prompt_hash': ['']})
-    return json.loads((d/'meta.json').read_text()), idx.set_index('id')
+                      na_values={c: [''] for c in ('infer_s', 'n_prompts', 'prompt_hash', *meta.get('detail_columns', []))})
+    return meta, idx.set_index('id')
 
 def iter_saved(save_dir:str|Path, # folder given to `evaluate(save_dir=...)`
                dataset, # the dataset the run was made on (or a subset of it)
@@ -367,19 +382,17 @@ def evaluate_saved(save_dir:str|Path, # folder given to `evaluate(save_dir=...)`
     for r in iter_saved(save_dir, dataset, progress):
         n_prompts = idx.loc[r.sample.id, 'n_prompts'] if 'n_prompts' in idx else float('nan')
         h = idx.loc[r.sample.id, 'prompt_hash'] if 'prompt_hash' in idx else None
+        det = {c: float(idx.loc[r.sample.id, c]) for c in meta.get('detail_columns', []) if c in idx}   # as the live run saw them
         acc.update(pp(r.prob, r.sample.image, threshold), r.gt, r.prob, id=r.sample.id, infer_s=r.infer_s,
                    prompt_empty=r.prompt_empty, n_prompts=float(n_prompts), prompt_hash=None if pd.isna(h) else h,
-                   floor_box_iou=box_floor_iou(r.gt))
+                   floor_box_iou=box_floor_iou(r.gt), **det)
     res = acc.result()
     t = res.table
-    called = t.infer_s.dropna()
     ex = {**{k: meta[k] for k in ('model', 'class_aware', 'prompt', 'prompt_source', 'prompt_kwargs', 'seed', 'quantize_probs')},
           'dataset': {'name': getattr(dataset, 'name', None), 'n_images': len(t), 'classes': names},
           'threshold': float(threshold), 'postprocess': pp.to_dict(), 'n_empty_prompts': int(t.prompt_empty.sum()),
           'empty_prompt_rule': 'images with empty prompts get an empty prediction without a model call',
-          'timing': {'time_per_image_s': float(called.mean()) if len(called) else float('nan'),
-                     'time_per_image_median_s': float(called.median()) if len(called) else float('nan'),
-                     'time_infer_total_s': float(called.sum()), 'n_model_calls': int(len(called)), 'from_saved_run': True},
+          'timing': timing(t, from_saved_run=True),
           'reevaluated_from': str(save_dir),
           'saved_probabilities': '8-bit' + ('' if meta['quantize_probs'] else
                                  '; the run did not quantise, so numbers may differ slightly from the live run'),

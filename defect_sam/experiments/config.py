@@ -32,13 +32,14 @@ from ..evaluation.perclass import per_class_metric, per_class_requested
 from ..models.registry import FEATURES, model_family, model_features, MODELS, ROLES
 from ..models.tta import check_tta
 from ..models.sam.weights import SAM2_CHECKPOINTS
+from ..models.sam.batching import OUTPUT_RULES
 from ..models.sam.adapters import LORA_STRATEGIES, PEFT_METHODS
 from ..training.loop import RUN_ONLY_OPTIONS, TrainConfig
 from .tracking import check_track
 
 # %% auto #0
-__all__ = ['FIELD_ROLES', 'PROMPT_OPTIONS', 'IDENTITY_ROLES', 'KEY_ROLES', 'ID_LINES', 'param', 'ExperimentConfig',
-           'field_comments', 'config_fields', 'coerce_value', 'check_prompt_kwargs', 'train_config',
+__all__ = ['FIELD_ROLES', 'PROMPT_OPTIONS', 'IDENTITY_ROLES', 'KEY_ROLES', 'ID_LINES', 'param', 'object_score_rule',
+           'ExperimentConfig', 'field_comments', 'config_fields', 'coerce_value', 'check_prompt_kwargs', 'train_config',
            'check_ensemble_config', 'field_roles', 'read_params', 'parameters_source', 'threshold_spec']
 
 # %% ../../nbs/60_experiments.config.ipynb #02c54fc0
@@ -87,6 +88,11 @@ def _ensemble_weights_identity(c) -> list|None:
     w = np.asarray(c.ensemble_weights if c.ensemble_weights is not None else [1.0] * len(c.ensemble), float)
     return [round(float(x), 12) for x in w / w.sum()]
 def _lora_like(c) -> bool: return c.peft_method in ('lora', 'dora')
+def object_score_rule(c) -> bool:
+    "Whether the run's SAM2 empties prompts of non-positive object score: `use_object_score`, else fine-tuned with loss='sam2' (as the model resolves it)."
+    if c.use_object_score is not None: return c.use_object_score
+    loss = (c.train_options or {}).get('loss', TrainConfig.loss)
+    return model_family(c.model) == 'sam2' and c.trains and loss == 'sam2'
 
 # %% ../../nbs/60_experiments.config.ipynb #682fdb73
 @dataclass
@@ -106,7 +112,7 @@ class ExperimentConfig:
     weights: str = param('train', 'auto', feature='weights', canon=_weights_identity) # auto (pretrained, downloaded on first use), random (untrained), or a checkpoint path
     prompt: str = param('train', 'box', feature='prompts') # SAM2 prompt: box, points_1, points_3, points_5, full_image, grid
     prompt_source: str = param('eval', 'gt', feature='prompts', canon=_source_identity, runs='detector') # where SAM2's box prompts come from: gt (the ground truth), or a YOLO detector checkpoint (.pt) or the exp_id of a finished yolo_det run
-    prompt_kwargs: dict|None = param('train', None, feature='prompts', canon=lambda c: c.prompt_kwargs or {}) # prompt options, the same for training, validation, calibration and test: expand_ratio, jitter, n_neg, min_area, neg_ring, per_component (None: make_prompts' defaults)
+    prompt_kwargs: dict|None = param('train', None, feature='prompts', canon=lambda c: c.prompt_kwargs or {}) # prompt options, the same for training, validation, calibration and test: expand_ratio, jitter, n_neg, min_area, neg_ring, per_component (None: make_prompts' defaults); without jitter here, training boxes still get TrainConfig.prompt_jitter (0.1, sam2's training box noise) and evaluation boxes none
     eval_prompt_seed: int|None = param('eval', None, feature='prompts', canon=lambda c: c.eval_seed) # seed of the evaluation prompts (val, calibration, test), apart from the run seed so every model and seed is scored on the same prompts; None: split_seed
     detector_img_size: int|None = param('eval', None, feature='prompts', when=lambda c: c.prompt_source != 'gt') # detector prompts: the detector's input size; None: the size it was trained at (its run's row, or its checkpoint)
     lora_strategy: str = param('train', 'decoder', feature='peft') # LoRA targets: decoder, encoder_decoder, attn_mlp, all
@@ -131,6 +137,8 @@ class ExperimentConfig:
     skip_inference: bool = param('run', False) # re-score the saved predictions of the same run (new threshold or post-processing) without running the model
     gate: str|None = param('eval', None, feature='images', runs='gate') # exp_id of a finished `model: gate` run on the same test images: images it calls defect-free get an empty prediction without a segmenter call; None: no gate
     tta: list|None = param('eval', None, feature='images') # test-time augmentation: [hflip], [vflip] or [hflip, vflip] (the mean over the image and its flips: 2, 2 or 4 passes); None: off
+    sam2_output: str = param('eval', 'sam2', feature='mask_decoder') # which SAM2 decoder output is a prompt's mask: sam2 (SAM2's own rule, the one fine-tuning trains: best of three by predicted IoU for a one-point prompt, token 0 otherwise), token0, best_iou (the last two: zero-shot studies only)
+    use_object_score: bool|None = param('eval', None, feature='mask_decoder', canon=object_score_rule) # SAM2: a prompt whose object score is not positive predicts nothing, as sam2 does; None: on for models trained with loss sam2, off otherwise
     ensemble: list|None = param('eval', None, feature='ensemble', runs='segmenter') # model 'ensemble': exp_ids of finished runs (in results_dir) whose saved val and test probabilities are averaged
     ensemble_weights: list|None = param('eval', None, feature='ensemble', canon=_ensemble_weights_identity) # model 'ensemble': one weight per run, normalised to sum 1; None: equal weights
     peft_method: str = param('train', 'lora', feature='peft') # sam2_lora adapters (peft): lora, dora (LoRA + magnitude, use_dora), layernorm (LayerNorm only, as SAC), bias_layernorm (LayerNorm and biases); lora_strategy is their scope, lora_rank/alpha/dropout only for lora, dora
@@ -314,6 +322,10 @@ def _validate(self:ExperimentConfig):
     fam = model_family(self.model)
     if fam in ('sam2', 'pipeline'):
         if self.sam2_size not in SAM2_CHECKPOINTS: raise ConfigError(f"unknown SAM2 size {self.sam2_size!r}; valid sizes: {', '.join(SAM2_CHECKPOINTS)}")
+    if self.sam2_output not in OUTPUT_RULES: raise ConfigError(f"sam2_output must be one of {', '.join(OUTPUT_RULES)}, got {self.sam2_output!r}")
+    if self.sam2_output != 'sam2' and fam == 'sam2' and self.trains:
+        raise ConfigError(f"sam2_output={self.sam2_output!r}: a fine-tuned SAM2 predicts with the output its training trained (SAM2's rule, 'sam2'); "
+                          "other outputs are for zero-shot studies")
     if self.model == 'sam2_lora':
         if self.lora_strategy not in LORA_STRATEGIES:
             raise ConfigError(f"unknown LoRA strategy {self.lora_strategy!r}; valid: {', '.join(LORA_STRATEGIES)}")

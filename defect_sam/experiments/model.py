@@ -13,20 +13,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
-from filelock import FileLock
 
+from ..core.locks import LeaseLock
 from ..core.errors import ConfigError, DataError
 from ..data.transforms import augment_summary
 from ..models.registry import build_model, check_role, model_family
 from ..models.yolo import yolo_augment_args, YoloSam2
 from ..training.loop import train
-from ..training.distributed import is_main_process
+from ..training.distributed import process_rank, wait_for_everyone
 from .config import ExperimentConfig, train_config
 from .table import find_run, resolve_path
 
 # %% auto #0
 __all__ = ['letterbox_box', 'run_num_classes', 'build_experiment_model', 'detector_source', 'detector_prompts', 'checkpoint_dir',
-           'train_experiment_model']
+           'train_lock', 'train_experiment_model']
 
 # %% ../../nbs/63_experiments.model.ipynb #5f4b0810
 def letterbox_box(img_size:int, # long side of the box
@@ -48,7 +48,8 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
     "The (untrained) model of `cfg`, built through `models.build_model`."
     fam, nc = model_family(cfg.model), run_num_classes(cfg, train_ds) if train_ds is not None else 1
     if fam == 'sam2':
-        kw = dict(size=cfg.sam2_size, weights=cfg.weights, device=cfg.device, image_size=cfg.sam2_image_size, seed=cfg.seed)
+        kw = dict(size=cfg.sam2_size, weights=cfg.weights, device=cfg.device, image_size=cfg.sam2_image_size, seed=cfg.seed,
+                  output=cfg.sam2_output, use_object_score=cfg.use_object_score)
         if cfg.model == 'sam2_lora':
             kw |= dict(lora_strategy=cfg.lora_strategy, peft_method=cfg.peft_method)
             if cfg.peft_method in ('lora', 'dora'): kw |= dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
@@ -78,7 +79,7 @@ def build_experiment_model(cfg:ExperimentConfig, # the experiment
         det = build_model('yolo_det', weights=None if cfg.weights == 'random' else 'auto', imgsz=cfg.img_size, device=cfg.device,
                           num_classes=nc, seed=cfg.seed, batch_size=cfg.batch_size)
         return build_model(cfg.model, detector=det, sam2_size=cfg.sam2_size, weights=cfg.weights, device=cfg.device,
-                           num_classes=nc, image_size=cfg.sam2_image_size)
+                           num_classes=nc, image_size=cfg.sam2_image_size, output=cfg.sam2_output, use_object_score=cfg.use_object_score)
     raise ConfigError(f"model {cfg.model!r}: no experiment recipe for family {fam!r}")
 
 # %% ../../nbs/63_experiments.model.ipynb #880a1ca8
@@ -117,6 +118,19 @@ def checkpoint_dir(cfg:ExperimentConfig) -> Path:
     "Where the model of `cfg` is trained (shared by runs with the same `train_key`)."
     return Path(cfg.results_dir)/'checkpoints'/f'{cfg.model}-{cfg.train_key}'
 
+@contextlib.contextmanager
+def train_lock(cfg:ExperimentConfig, # the run
+               out:Path): # its checkpoint folder
+    "Hold `<out>/train.lock` while training; launched, rank 0 takes it and the other ranks go on only once it holds it."
+    rank, n = process_rank()
+    if rank:
+        wait_for_everyone(f'{cfg.exp_id}: train.lock')   # rank 0 holds it now; its failure raises here
+        yield
+        return
+    with LeaseLock(out/'train.lock'):
+        if n > 1: wait_for_everyone(f'{cfg.exp_id}: train.lock')
+        yield
+
 def train_experiment_model(cfg:ExperimentConfig, # the experiment
                            model, # from build_experiment_model
                            parts:dict, # train/val/test splits
@@ -126,7 +140,7 @@ def train_experiment_model(cfg:ExperimentConfig, # the experiment
     "Train `model` for `cfg` (resuming an interrupted training); returns facts for the results row."
     out = checkpoint_dir(cfg); out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with FileLock(str(out/'train.lock')) if is_main_process() else contextlib.nullcontext():   # launched: rank 0 holds it for all
+    with train_lock(cfg, out):   # launched: rank 0 holds it for all the ranks
         if model_family(cfg.model) in ('yolo', 'pipeline'):
             done = out/'yolo'/'train_result.json'
             if done.exists():   # trained before (ultralytics cannot resume a part-trained run: it starts again)

@@ -17,9 +17,9 @@ from ..evaluation.metrics import IMAGE_KEYS, IOU_AT
 from ..evaluation.postprocess import PostProcess
 from ..evaluation.evaluate import EvalResult
 from ..evaluation.perclass import per_class_columns
-from ..models.registry import model_family, MODELS
+from ..models.registry import model_family, model_features, MODELS
 from ..models.tta import tta_label
-from .config import ExperimentConfig
+from .config import ExperimentConfig, object_score_rule
 from .table import relative_to, RESULT_COLUMNS
 from .model import detector_source
 
@@ -107,7 +107,7 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'val_mIoU': val.summary['mIoU'] if val else None, 'val_Dice': val.summary['mDice'] if val else None,
            'test_mIoU': s['mIoU'], 'test_Dice': s['mDice'],
            **{k: s[k] for k in ('IoU@50', 'IoU@75', 'IoU@90', 'IoU@95', 'Precision', 'Recall', 'F1', 'AUPRC')},
-           'avg_inference_time': test.extras['timing']['time_per_image_s'],
+           'avg_inference_time': test.extras['timing']['time_per_image_uncached_s'],   # features computed, not read from a store
            'ckpt_path': relative_to(train_info.get('ckpt_path'), cfg.results_dir) if train_info.get('ckpt_path') else None,
            'timestamp': dt.datetime.now().isoformat(timespec='seconds'),
            'prompt_regime': regime, 'test_mIoU_defect': s['mIoU_defect'], 'test_Dice_defect': s['mDice_defect'],
@@ -137,6 +137,8 @@ def results_row(cfg:ExperimentConfig, # the experiment
            'gate': cfg.gate, 'gate_thresholds': _gate_thresholds(test)}
     row |= per_class_columns(test.extras.get('per_class_calibration'))
     row['tta'] = tta_label(cfg.tta)
+    dec = 'mask_decoder' in model_features(cfg.model)
+    row |= {'sam2_output': cfg.sam2_output if dec else None, 'object_score_rule': object_score_rule(cfg) if dec else None}
     row |= {'ensemble_members': None, 'ensemble_weights': None}
     if fam == 'ensemble':
         row |= ensemble_row_fields(model_info, row)

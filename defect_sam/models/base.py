@@ -21,12 +21,14 @@ class Segmenter:
     name: str = 'segmenter' # registry name, set by `build_model`
     needs_prompts: bool = False # True for SAM2-style models that take box/point prompts
     trainable: bool = False # True when the shared training loop can train it
+    detail_columns: tuple = () # per-image values `predict_batch(..., details=)` reports, columns of the evaluation's per-image table
 
     def predict(self, image:np.ndarray, **prompts) -> np.ndarray:
         "HxW (binary) or CxHxW (per defect class) float32 probabilities for one HxWx3 uint8 image."
         raise NotImplementedError
 
-    def predict_batch(self, images:list, prompts:list|None=None) -> list:
+    def predict_batch(self, images:list, prompts:list|None=None,
+                      details:list|None=None) -> list: # models with `detail_columns` append one dict of them per image
         "Probabilities for several images (`prompts`: one keyword dict per image); models that batch override this."
         prompts = prompts if prompts is not None else [{}] * len(images)
         return [self.predict(im, **(p or {})) for im, p in zip(images, prompts)]
@@ -72,6 +74,18 @@ class TrainableSegmenter(Segmenter):
 
     def after_optimizer_step(self):
         "Called after every optimizer step (e.g. to drop caches computed with the old weights)."
+
+    def trains_on(self, samples:list) -> bool: # augmented `Sample`s of one micro-batch
+        "Whether this micro-batch holds anything to learn (False: the loop draws the next one; default True)."
+        return True
+
+    def inference_settings(self) -> dict:
+        "How the trained model must predict, recorded in its checkpoints (`set_inference(**settings)` restores it); default none."
+        return {}
+
+    def set_inference(self, **settings):
+        "Restore what `inference_settings` returned."
+        if settings: raise ConfigError(f"{self.name}: no inference settings to restore, got {sorted(settings)}")
 
 def load_state_dict_strict(module, # a torch.nn.Module
                            sd:dict, # the state dict to load

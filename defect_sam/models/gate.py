@@ -213,6 +213,7 @@ class GatedSegmenter(Segmenter):
             raise ConfigError(f"a gate with {gc} classes cannot gate a segmenter with {self.num_classes}: use a binary gate or one with the same classes")
         self.thresholds = np.broadcast_to(np.asarray(thresholds, np.float64), (gc,)).copy()
         self.name, self.needs_prompts = getattr(segmenter, 'name', 'segmenter'), bool(getattr(segmenter, 'needs_prompts', False))
+        self.detail_columns = tuple(getattr(segmenter, 'detail_columns', ()) or ())
         self.n_images = self.n_gated = 0
 
     def decide(self, images:list) -> np.ndarray:
@@ -221,20 +222,25 @@ class GatedSegmenter(Segmenter):
         if p.shape != (len(images), len(self.thresholds)): raise DataError(f"gate returned probabilities of shape {p.shape} for {len(images)} images")
         return p >= self.thresholds
 
-    def predict_batch(self, images:list, prompts:list|None=None) -> list:
+    def predict_batch(self, images:list, prompts:list|None=None,
+                      details:list|None=None) -> list: # the segmenter's details; NaN for images the gate removed
         "Empty maps for images the gate calls clean; the segmenter's probabilities (absent classes zeroed) for the others."
         d = self.decide(images)
         keep = np.flatnonzero(d.any(1))
         self.n_images += len(images); self.n_gated += len(images) - len(keep)
         out = [np.zeros(((self.num_classes,) if self.num_classes > 1 else ()) + im.shape[:2], np.float32) for im in images]
         if len(keep):
-            sub = [images[k] for k in keep]
-            res = (self.segmenter.predict_batch(sub, [prompts[k] for k in keep]) if prompts is not None else self.segmenter.predict_batch(sub))
+            sub, dets = [images[k] for k in keep], ([] if details is not None and self.detail_columns else None)
+            kw = {} if dets is None else {'details': dets}
+            res = self.segmenter.predict_batch(sub, [prompts[k] for k in keep] if prompts is not None else None, **kw)
             if len(res) != len(keep): raise DataError(f"segmenter returned {len(res)} outputs for {len(keep)} images")
             for k, r in zip(keep, res):
                 r = np.asarray(r)
                 if d.shape[1] > 1 and r.ndim == 3: r = r * d[k][:, None, None]
                 out[k] = r
+        if details is not None and self.detail_columns:
+            got = dict(zip(keep.tolist(), dets or []))
+            details += [got.get(k, dict.fromkeys(self.detail_columns, float('nan'))) for k in range(len(images))]
         return out
 
     def predict(self, image:np.ndarray, **prompts) -> np.ndarray:

@@ -29,6 +29,7 @@ FEATURES = {
     'peft': 'adapts SAM2 with a peft method over a scope (peft_method, lora_strategy)',
     'lora': 'has LoRA adapters (lora_rank, lora_alpha, lora_dropout)',
     'images': 'predicts from the image itself, so it can be gated and flipped (gate, tta)',
+    'mask_decoder': "decodes masks with SAM2's mask decoder: which output, and its object score (sam2_output, use_object_score)",
     'ensemble': 'averages the saved probabilities of finished runs (ensemble, ensemble_weights)',
 } # the groups of experiment settings a model may use
 ROLES = {
@@ -49,7 +50,7 @@ class ModelSpec:
     roles: frozenset = frozenset({'segmenter'}) # the ROLES its finished runs can play
 
 _SAM, _SMP, _YOLO = 'defect_sam.models.sam.inference', 'defect_sam.models.unet', 'defect_sam.models.yolo'
-_PROMPTED = frozenset({'weights', 'sam2', 'sam2_input', 'prompts', 'images'})
+_PROMPTED = frozenset({'weights', 'sam2', 'sam2_input', 'prompts', 'images', 'mask_decoder'})
 _LETTERBOXED = frozenset({'weights', 'training', 'letterbox', 'images'})
 MODELS: dict[str, ModelSpec] = {
     'sam2_zeroshot': ModelSpec(_SAM, 'build_sam2', 'sam2', 'SAM2 with prompts, no training', {'finetune': None}, _PROMPTED),
@@ -61,7 +62,7 @@ MODELS: dict[str, ModelSpec] = {
     'dsc_unet':      ModelSpec(_SMP, 'build_smp', 'unet', 'DSC-UNet: U-Net with deep supervision', {'arch': 'dsc_unet', 'encoder': 'resnet34'}, _LETTERBOXED),
     'yolo_det':      ModelSpec(_YOLO, 'build_yolo', 'yolo', 'YOLOv8 detection, boxes as masks', {'task': 'detect'}, _LETTERBOXED, frozenset({'segmenter', 'detector'})),
     'yolo_seg':      ModelSpec(_YOLO, 'build_yolo', 'yolo', 'YOLOv8-seg instance segmentation', {'task': 'segment'}, _LETTERBOXED, frozenset({'segmenter', 'detector'})),
-    'yolo_sam2':     ModelSpec(_YOLO, 'build_yolo_sam2', 'pipeline', 'YOLOv8 boxes prompting SAM2', {}, _LETTERBOXED | {'sam2', 'sam2_input'}),
+    'yolo_sam2':     ModelSpec(_YOLO, 'build_yolo_sam2', 'pipeline', 'YOLOv8 boxes prompting SAM2', {}, _LETTERBOXED | {'sam2', 'sam2_input', 'mask_decoder'}),
     'gate':          ModelSpec('defect_sam.models.gate', 'build_gate', 'gate', 'Image-level defect gate: timm ResNet18, one sigmoid per defect class', {},
                                frozenset({'weights', 'training', 'letterbox'}), frozenset({'gate'})),
     'ensemble':      ModelSpec(None, None, 'ensemble', 'mean of the saved probabilities of finished runs (defect-sam ensemble)', {}, frozenset({'ensemble'})),

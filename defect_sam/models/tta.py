@@ -88,18 +88,21 @@ class TTASegmenter(Segmenter):
         self.transforms = tta_transforms(self.tta)
         self.name = getattr(model, 'name', type(model).__name__)
         self.needs_prompts = bool(getattr(model, 'needs_prompts', False))
+        self.detail_columns = tuple(getattr(model, 'detail_columns', ()) or ())
 
-    def _run(self, images, prompts):
+    def _run(self, images, prompts, details=None):
+        if details is not None: return self.model.predict_batch(images, prompts, details=details)
         if len(images) == 1: return [self.model.predict(images[0], **(prompts[0] or {}) if prompts else {})]
         return self.model.predict_batch(images, prompts)
 
-    def predict_batch(self, images:list, prompts:list|None=None) -> list:
+    def predict_batch(self, images:list, prompts:list|None=None,
+                      details:list|None=None) -> list: # receives the model's details of the unflipped pass
         "Averaged probabilities of several images (`prompts`: one keyword dict per image, in the unflipped image's coordinates)."
         total = None
         for h, v in self.transforms:
             ims = [flip_image(im, h, v) for im in images]
             ps = None if prompts is None else [flip_prompt_kwargs(p, im.shape, h, v) for p, im in zip(prompts, images)]
-            out = self._run(ims, ps)
+            out = self._run(ims, ps, details if (h, v) == (False, False) and self.detail_columns else None)
             if len(out) != len(images): raise DataError(f"model {self.name!r}: {len(out)} outputs for {len(images)} images")
             back = []
             for k, o in enumerate(out):

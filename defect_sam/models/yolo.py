@@ -487,15 +487,23 @@ class YoloSam2(Segmenter):
         return Prompts(boxes=d['boxes'], classes=d['classes'] if C > 1 else None, num_classes=C if C > 1 else None,
                        kind='box', source=self.source)
 
-    def predict_batch(self, images:list, prompts:list|None=None) -> list:
+    @property
+    def detail_columns(self) -> tuple: return tuple(getattr(self.sam, 'detail_columns', ()) or ())
+
+    def predict_batch(self, images:list, prompts:list|None=None,
+                      details:list|None=None) -> list: # SAM2's details; NaN for images without a box
         "Detector then SAM2 for several images; SAM2 sees only the images that have boxes."
         if prompts is not None and any(prompts): raise ConfigError("yolo_sam2 makes its own prompts; pass none")
         ps = [self.prompts(im) for im in images]
         todo = [k for k, p in enumerate(ps) if not p.is_empty]
         out = [_empty_map(im.shape[:2], self.num_classes) for im in images]
+        dets = [] if details is not None and self.detail_columns else None
         if todo:
-            res = self.sam.predict_batch([images[k] for k in todo], [ps[k].as_kwargs() for k in todo])
+            res = self.sam.predict_batch([images[k] for k in todo], [ps[k].as_kwargs() for k in todo], **({} if dets is None else {'details': dets}))
             for k, r in zip(todo, res): out[k] = r
+        if dets is not None:
+            got = dict(zip(todo, dets))
+            details += [got.get(k, dict.fromkeys(self.detail_columns, float('nan'))) for k in range(len(images))]
         return out
 
     def predict(self, image:np.ndarray, **prompts) -> np.ndarray:
@@ -528,7 +536,7 @@ def build_yolo_sam2(detector:str|Path|YoloSegmenter|None=None, # a YOLO checkpoi
                     imgsz:int=1024, # detector image size
                     sam_finetune:str|None=None, # None (zero-shot), 'full' or 'lora' (with sam_trained)
                     sam_trained:str|Path|None=None, # a SAM2 save_trainable file
-                    **sam_kwargs, # other build_sam2 options (image_size, multimask_output, tiling, ...)
+                    **sam_kwargs, # other build_sam2 options (image_size, output, use_object_score, tiling, ...)
                    ) -> YoloSam2:
     "Build the YOLO -> SAM2 pipeline for the registry."
     if detector is None or isinstance(detector, (str, Path)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..core.io import atomic_write, write_json_atomic
 from ..data.transforms import unletterbox
 from ..models.base import eval_mode, Segmenter
 from ..models.registry import build_model, model_family
-from ..models.sam.batching import check_image, combine_probs, preprocess, prompt_arrays, select_mask, to_model_coords, upsample_logits
+from ..models.sam.batching import check_image, combine_probs, no_object, preprocess, prompt_arrays, to_model_coords, upsample_logits
 from ..models.sam.inference import SamSegmenter
 from ..models.unet import SmpSegmenter
 from ..training.loop import load_checkpoint
@@ -29,7 +30,7 @@ from ..experiments.model import build_experiment_model
 
 # %% auto #0
 __all__ = ['ONNX_FORMAT', 'SAM2_FILES', 'onnx_session', 'export_unet_onnx', 'OnnxUnet', 'export_sam2_onnx', 'OnnxSam2',
-           'run_record', 'load_run_model', 'export_run', 'load_onnx']
+           'run_record', 'check_rebuilt', 'load_run_model', 'check_applicable', 'export_run', 'load_onnx']
 
 # %% ../../nbs/73_outputs.export.ipynb #39c7b546
 ONNX_FORMAT = 'defect_sam.onnx/1'
@@ -119,15 +120,12 @@ class _Sam2Encoder(nn.Module):
         return e, hr[0], hr[1]
 
 class _Sam2Decoder(nn.Module):
-    def __init__(self, m, multimask:bool): super().__init__(); self.m, self.multimask = m, multimask
+    "Prompt encoder and mask decoder, with the segmenter's output rule and object-score rule inside the graph."
+    def __init__(self, seg:SamSegmenter):
+        super().__init__(); self.m, self.rule, self.stability, self.no_object = seg._module, seg.output, seg.stability, seg.object_score_rule
     def forward(self, image_embed, hr0, hr1, coords, labels):
-        sam = self.m.sam
-        pe = sam.sam_prompt_encoder
-        sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
-        low, iou, _, _ = sam.sam_mask_decoder(image_embeddings=image_embed, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                                              dense_prompt_embeddings=dense, multimask_output=self.multimask, repeat_image=True,
-                                              high_res_features=[hr0, hr1])
-        return low, iou
+        low, iou, obj, _ = self.m.decode_rule(image_embed, [hr0, hr1], coords, labels, None, self.rule, self.stability)
+        return (no_object(low, obj) if self.no_object else low), iou, obj
 
 SAM2_FILES = ('sam2_encoder.onnx', 'sam2_decoder.onnx')
 
@@ -144,15 +142,16 @@ def export_sam2_onnx(seg, # a SamSegmenter (LoRA adapters are merged in place)
     px = preprocess([np.zeros((R, R, 3), np.uint8)], R, dev)
     enc = _Sam2Encoder(seg._module)
     with torch.no_grad(), eval_mode(seg.model): e, h0, h1 = enc(px)
-    dec = _Sam2Decoder(seg._module, seg.multimask_output)
+    dec = _Sam2Decoder(seg)
     c = torch.tensor([[[1., 1.], [R / 2, R / 2]]] * 2, device=dev); l = torch.tensor([[2, 3]] * 2, dtype=torch.int32, device=dev)
-    info = {'kind': 'sam2', 'name': seg.name, 'image_size': R, 'multimask_output': seg.multimask_output, 'size': seg.size,
-            'weights': seg.weights, 'lora_merged': bool(seg.lora_merged), **(meta or {})}
+    info = {'kind': 'sam2', 'name': seg.name, 'image_size': R, 'output': seg.output, 'stability_fallback': seg.stability_fallback,
+            'object_score_rule': seg.object_score_rule, 'size': seg.size, 'weights': seg.weights, 'lora_merged': bool(seg.lora_merged), **(meta or {})}
     folder = Path(folder)
     with eval_mode(seg.model):
         a = _write_onnx(_onnx_bytes(enc, (px,), ['pixels'], ['image_embed', 'hr0', 'hr1'], {}, opset), {**info, 'graph': 'encoder'}, folder/SAM2_FILES[0])
-        dyn = {'coords': {0: 'prompts', 1: 'points'}, 'labels': {0: 'prompts', 1: 'points'}, 'low_res_logits': {0: 'prompts'}, 'iou': {0: 'prompts'}}
-        b = _write_onnx(_onnx_bytes(dec, (e, h0, h1, c, l), ['image_embed', 'hr0', 'hr1', 'coords', 'labels'], ['low_res_logits', 'iou'], dyn, opset),
+        dyn = {'coords': {0: 'prompts', 1: 'points'}, 'labels': {0: 'prompts', 1: 'points'}, 'low_res_logits': {0: 'prompts'}, 'iou': {0: 'prompts'},
+               'object_score': {0: 'prompts'}}
+        b = _write_onnx(_onnx_bytes(dec, (e, h0, h1, c, l), ['image_embed', 'hr0', 'hr1', 'coords', 'labels'], ['low_res_logits', 'iou', 'object_score'], dyn, opset),
                         {**info, 'graph': 'decoder'}, folder/SAM2_FILES[1])
     return [a, b]
 
@@ -167,7 +166,7 @@ class OnnxSam2(Segmenter):
         if (self.meta.get('kind'), self.meta.get('graph'), dm.get('graph')) != ('sam2', 'encoder', 'decoder'):
             raise DataError(f"{folder}: not a SAM2 encoder/decoder pair written by export_sam2_onnx")
         self.folder, self.name, self.image_size = folder, self.meta.get('model') or self.meta['name'], int(self.meta['image_size'])
-        self.multimask_output = bool(self.meta['multimask_output'])
+        if 'output' not in self.meta: raise DataError(f"{folder}: exported before the output rule was recorded; export the run again")
 
     def predict(self, image:np.ndarray, boxes=None, points=None, labels=None, classes=None, num_classes:int|None=None) -> np.ndarray:
         "Probabilities (HxW, or CxHxW with `num_classes`), as `SamSegmenter.predict`."
@@ -175,10 +174,9 @@ class OnnxSam2(Segmenter):
         c, l, cls = prompt_arrays(boxes, points, labels, classes, num_classes)
         hw, R = image.shape[:2], self.image_size
         e, h0, h1 = self.encoder.run(None, {'pixels': preprocess([image], R).numpy()})
-        low, iou = self.decoder.run(None, {'image_embed': e, 'hr0': h0, 'hr1': h1, 'coords': to_model_coords(c, hw, R).astype(np.float32),
-                                           'labels': l.astype(np.int32)})
-        low, _ = select_mask(torch.from_numpy(low), torch.from_numpy(iou), self.multimask_output)
-        probs = torch.sigmoid(upsample_logits(low, hw))
+        low, iou, obj = self.decoder.run(None, {'image_embed': e, 'hr0': h0, 'hr1': h1, 'coords': to_model_coords(c, hw, R).astype(np.float32),
+                                                'labels': l.astype(np.int32)})        # the graph chose each prompt's output and applied "no object"
+        probs = torch.sigmoid(upsample_logits(torch.from_numpy(low), hw))
         return combine_probs([(0, len(c), probs, None, None)], len(c), hw, cls, num_classes, 'cpu').float().numpy()
 
     def info(self) -> dict: return {'model': self.name, 'family': 'sam2', 'onnx': str(self.folder), **{k: v for k, v in self.meta.items() if k != 'params'}}
@@ -197,29 +195,66 @@ def run_record(results_dir:str|Path, # the results folder
     cfg = ExperimentConfig.from_dict({**s['config'], 'results_dir': str(results_dir), 'device': device}, str(f))
     return row, run_dir, s, cfg
 
+_REBUILT = ('sam2_size', 'weights', 'checkpoint_sha256', 'trunk', 'lora', 'num_classes', 'img_size', 'seed') # model facts a rebuild must reproduce
+
+def _facts(exp_id:str, row, s:dict, cfg) -> dict:
+    "The record of a finished run that export and predict carry (its model family, classes, threshold, prompts, ...)."
+    fam = model_family(cfg.model)
+    if fam not in ('unet', 'sam2'): raise ConfigError(f"run {exp_id!r} is a {cfg.model} run; export and predict take U-Net-family and SAM2 runs")
+    return {'exp_id': exp_id, 'model': cfg.model, 'family': fam, 'weights': row['weights'], 'dataset': cfg.dataset,
+            'class_aware': cfg.class_aware, 'class_names': s['test']['extras']['dataset']['classes'], 'threshold': s['threshold']['value'],
+            'threshold_from': s['threshold']['from'], 'postprocess': s['test']['extras']['postprocess'], 'gate': cfg.gate,
+            'prompt': cfg.prompt if fam == 'sam2' else None, 'prompt_source': cfg.prompt_source if fam == 'sam2' else None,
+            'params': s['used_params']}
+
+def _unet_options(cfg, mi:dict, device:str) -> dict:
+    "Builder options that rebuild a U-Net-family run's network as the run built it (`mi`: its summary's model facts)."
+    kw = dict(num_classes=mi['num_classes'], img_size=tuple(mi['img_size']), device=device, seed=mi['seed'], batch_size=cfg.batch_size)
+    if 'sam2_size' not in mi: return kw | dict(encoder_weights=None, pad_to=mi['pad_to'])   # the checkpoint holds every weight
+    kw |= dict(size=cfg.sam2_size, weights=cfg.weights)   # SAM2-UNet: a frozen or LoRA trunk is not in the checkpoint; its base is rebuilt
+    if mi.get('lora'): kw |= dict(lora_rank=mi['lora']['rank'], lora_alpha=mi['lora']['alpha'], lora_dropout=mi['lora']['dropout'])
+    return kw
+
+def check_rebuilt(model, # a U-Net-family segmenter rebuilt for a run
+                  mi:dict, # the model facts the run recorded (summary.json's `model`)
+                  where:str): # the summary file, for the message
+    "Refuse a rebuilt model whose trunk, base weights, LoRA, classes or box differ from the run's."
+    now = json.loads(json.dumps(model.info(), default=str))
+    diff = {k: (mi[k], now.get(k)) for k in _REBUILT if k in mi and mi[k] != now.get(k)}
+    if diff: raise DataError(f"{where}: the rebuilt model is not the run's, (run, rebuilt): {diff}")
+
 def load_run_model(results_dir:str|Path, # the results folder
-                   exp_id:str, # a finished U-Net-family or SAM2 run
+                   exp_id:str, # a finished U-Net-family (SAM2-UNet included) or SAM2 run
                    device:str='cpu') -> tuple: # (model with the run's weights, record of the run's facts)
     "The trained model of a finished run, rebuilt from its summary and checkpoint (strictly)."
     row, run_dir, s, cfg = run_record(results_dir, exp_id, device)
-    fam = model_family(cfg.model)
-    if fam == 'unet':
-        mi = s['model']
-        model = build_model(cfg.model, num_classes=mi['num_classes'], img_size=tuple(mi['img_size']), encoder_weights=None,
-                            device=device, seed=mi['seed'], pad_to=mi['pad_to'], batch_size=cfg.batch_size)
-    elif fam == 'sam2': model = build_experiment_model(cfg)
-    else: raise ConfigError(f"run {exp_id!r} is a {cfg.model} run; export and predict take U-Net-family and SAM2 runs")
+    rec = _facts(exp_id, row, s, cfg)
+    if rec['family'] == 'unet':
+        model = build_model(cfg.model, **_unet_options(cfg, s['model'], device))
+        check_rebuilt(model, s['model'], str(run_dir/'summary.json'))
+    else: model = build_experiment_model(cfg)
     if cfg.trains:
         ck = resolve_path(results_dir, row['ckpt_path'])
         if ck is None: raise DataError(f"run {exp_id!r} recorded no checkpoint")
         load_checkpoint(model, ck)
-    classes = s['test']['extras']['dataset']['classes']
-    rec = {'exp_id': exp_id, 'model': cfg.model, 'family': fam, 'weights': row['weights'], 'dataset': cfg.dataset,
-           'class_aware': cfg.class_aware, 'class_names': classes, 'threshold': s['threshold']['value'],
-           'threshold_from': s['threshold']['from'], 'postprocess': s['test']['extras']['postprocess'], 'gate': cfg.gate,
-           'prompt': cfg.prompt if fam == 'sam2' else None, 'prompt_source': cfg.prompt_source if fam == 'sam2' else None,
-           'params': s['used_params']}
     return model, rec
+
+def check_applicable(rec:dict, # a run's facts: `load_run_model`'s record or an export's metadata
+                     where:str, # the source, for the message
+                     exported:bool=False, # the source is an ONNX export (no detector, no training data)
+                    ) -> float: # the run's threshold (NaN when per-class thresholds decide)
+    "Refuse a run that `predict` cannot apply to new images: no threshold, ground-truth prompts, or (exported) detector prompts."
+    if rec['family'] == 'sam2':
+        kind, src = rec.get('prompt'), rec.get('prompt_source') or 'gt'
+        if src != 'gt' and exported:
+            raise ConfigError(f"{rec['exp_id']}: detector prompts ({src}) need the exp_id source (the detector is not exported)")
+        if src == 'gt' and kind not in ('full_image', 'grid'):
+            raise ConfigError(f"{rec['exp_id']}: SAM2 was prompted with {kind!r} prompts from the ground truth, which new images do not have; "
+                              f"use a run with prompt full_image or grid, or with detector prompts (prompt_source)")
+    t = rec.get('threshold')
+    if isinstance(t, (int, float)) and not math.isnan(t): return float(t)
+    if isinstance(rec.get('postprocess'), dict) and 'class_thresholds' in rec['postprocess']: return float('nan')
+    raise ConfigError(f"{where}: the run's threshold {t!r} is not one number and it recorded no per-class thresholds")
 
 def export_run(results_dir:str|Path, # the results folder
                exp_id:str, # a finished U-Net-family or SAM2 run
@@ -228,8 +263,10 @@ def export_run(results_dir:str|Path, # the results folder
                device:str='cpu') -> list[Path]: # the graphs written
     "Export a finished run's model: model.onnx (U-Nets) or sam2_encoder.onnx + sam2_decoder.onnx (SAM2), and export.json."
     if format != 'onnx': raise ConfigError(f"export format {format!r}: only 'onnx' is supported")
+    row, run_dir, s, cfg = run_record(results_dir, exp_id, device)
+    check_applicable(_facts(exp_id, row, s, cfg), exp_id, exported=True)   # what predict would refuse: before building or writing
     model, rec = load_run_model(results_dir, exp_id, device)
-    out = Path(out_dir) if out_dir is not None else run_record(results_dir, exp_id)[1]/'export'
+    out = Path(out_dir) if out_dir is not None else run_dir/'export'
     paths = [export_unet_onnx(model, out/'model.onnx', rec)] if rec['family'] == 'unet' else export_sam2_onnx(model, out, rec)
     write_json_atomic(out/'export.json', {**rec, 'format': ONNX_FORMAT, 'files': [p.name for p in paths]})
     return paths

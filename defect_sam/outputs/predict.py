@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -20,6 +20,7 @@ from ..core.errors import ConfigError, DataError
 from ..core.io import atomic_write, write_json_atomic
 from ..data.sample import Sample
 from ..data.rle import rle_encode
+from ..data.formats import read_image
 from ..evaluation.prompts import make_prompts
 from ..evaluation.postprocess import PostProcess
 from ..evaluation.evaluate import check_model_output, quantize, write_png
@@ -29,11 +30,11 @@ from ..models.tta import with_tta
 from ..models.gate import GatedSegmenter
 from ..experiments.model import detector_prompts
 from ..experiments.gating import load_gate_run
-from .export import load_onnx, load_run_model, run_record
+from .export import check_applicable, load_onnx, load_run_model, run_record
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'CSV_FORMATS', 'Predictor', 'load_predictor', 'PredictReport', 'read_rgb', 'image_files',
-           'predict_folder']
+__all__ = ['IMAGE_SUFFIXES', 'CSV_FORMATS', 'PREDICT_OUTPUTS', 'Predictor', 'load_predictor', 'PredictReport', 'image_files',
+           'check_out_dir', 'predict_folder']
 
 # %% ../../nbs/74_outputs.predict.ipynb #912099b3
 @dataclass
@@ -71,22 +72,11 @@ def _postprocess(rec:dict) -> PostProcess:
     if not isinstance(pp, dict): return PostProcess.from_spec(pp)
     return postprocess_from_dict(pp)
 
-def _check_applicable(rec:dict, where:str) -> float:
-    "The run's threshold (NaN when per-class thresholds decide); refuses a run that recorded neither."
-    t = rec.get('threshold')
-    if isinstance(t, (int, float)) and not math.isnan(t): return float(t)
-    if isinstance(rec.get('postprocess'), dict) and 'class_thresholds' in rec['postprocess']: return float('nan')
-    raise ConfigError(f"{where}: the run's threshold {t!r} is not one number and it recorded no per-class thresholds")
-
 def _sam_prompts(rec:dict, cfg=None, model=None):
-    "image -> Prompts for a SAM2 source, or a ConfigError when its prompts came from the ground truth."
-    kind, src = rec.get('prompt'), rec.get('prompt_source') or 'gt'
-    if src != 'gt':
-        if cfg is None: raise ConfigError(f"{rec['exp_id']}: detector prompts ({src}) need the exp_id source (the detector is not exported)")
-        return detector_prompts(cfg, model, len(rec['class_names']) if rec['class_aware'] else 1)
-    if kind in ('full_image', 'grid'): return lambda im: make_prompts(np.zeros(im.shape[:2], np.uint8), kind, seed=0)
-    raise ConfigError(f"{rec['exp_id']}: SAM2 was prompted with {kind!r} prompts from the ground truth, which new images do not have; "
-                      f"use a run with prompt full_image or grid, or with detector prompts (prompt_source)")
+    "image -> Prompts for a SAM2 source: the run's detector, or its full_image / grid prompts (`check_applicable` refused the others)."
+    if (rec.get('prompt_source') or 'gt') != 'gt': return detector_prompts(cfg, model, len(rec['class_names']) if rec['class_aware'] else 1)
+    kind = rec['prompt']
+    return lambda im: make_prompts(np.zeros(im.shape[:2], np.uint8), kind, seed=0)
 
 def _gated(model, rec:dict, results_dir, device:str, use_gate:bool):
     if not rec.get('gate') or not use_gate: return model
@@ -109,7 +99,7 @@ def load_predictor(source:str|Path, # an exp_id, a U-Net .onnx file, or a SAM2 e
     else:
         model, rec = load_run_model(results_dir, str(source), device)
         cfg = run_record(results_dir, str(source), device)[3]
-    threshold = _check_applicable(rec, str(source))
+    threshold = check_applicable(rec, str(source), exported=cfg is None)
     prompts = _sam_prompts(rec, cfg, model) if rec['family'] == 'sam2' else None
     model = with_tta(model, (rec.get('params') or {}).get('tta'))   # the run's TTA, inside its gate, as in the run
     model = _gated(model, rec, results_dir, device, use_gate)
@@ -132,36 +122,61 @@ class PredictReport:
     def ok(self) -> bool: return self.errors.empty
     def __repr__(self): return f"PredictReport({len(self.masks)} masks in {self.out_dir}, {len(self.errors)} error(s))"
 
-def read_rgb(path:Path) -> np.ndarray:
-    "An image file as HxWx3 uint8 RGB, or a DataError naming it."
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if im is None: raise DataError(f"{path}: not a readable image")
-    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
-
 def image_files(folder:str|Path) -> list[Path]:
     "The image files of a folder, sorted; an error when there are none or two share a stem."
     d = Path(folder)
     if not d.is_dir(): raise ConfigError(f"{d}: not a folder of images")
     fs = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     if not fs: raise ConfigError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    stems = pd.Series([f.stem for f in fs])
-    dup = sorted(set(stems[stems.duplicated()]))
-    if dup: raise DataError(f"{d}: files {dup[:5]} share a name with another suffix; their masks would overwrite each other")
+    stems = {}
+    for f in fs: stems.setdefault(f.stem, []).append(f.name)
+    dup = [f"{' and '.join(v)} (masks/{k}.png)" for k, v in stems.items() if len(v) > 1]
+    if dup: raise DataError(f"{d}: images share a name with another suffix, so their masks would overwrite each other: {'; '.join(dup[:5])}"
+                            f"{f'; and {len(dup) - 5} more' if len(dup) > 5 else ''}; rename or move one of each")
     return fs
+
+PREDICT_OUTPUTS = ('masks', 'submission.csv', 'errors.csv', 'predict.json') # what predict_folder writes (and overwrite clears)
+
+def check_out_dir(out_dir:str|Path, # the output folder
+                  overwrite:bool=False, # clear an earlier predict's output
+                 ) -> list[Path]: # what `predict_folder` will clear before writing
+    "Refuse a non-empty output folder, unless `overwrite` and it holds an earlier predict's output."
+    out = Path(out_dir)
+    if not out.exists(): return []
+    if not out.is_dir(): raise ConfigError(f"{out}: exists and is not a folder")
+    items = sorted(p.name for p in out.iterdir())
+    if not items: return []
+    shown = ', '.join(items[:5]) + (f' and {len(items) - 5} more' if len(items) > 5 else '')
+    if not overwrite:
+        raise ConfigError(f"{out}: not empty ({shown}); predict writes into an empty folder, so that no mask of an earlier call is "
+                          f"left beside the new ones; choose another folder, or give --overwrite to replace an earlier predict's output")
+    if not (out/'predict.json').is_file():
+        raise ConfigError(f"{out}: holds {shown} but no predict.json, so it is not the output of an earlier predict; nothing was cleared; "
+                          f"choose another folder")
+    return [out/n for n in PREDICT_OUTPUTS if (out/n).exists() or (out/n).is_symlink()]
+
+def _clear(paths:list):
+    "Delete what an earlier predict wrote (from `check_out_dir`)."
+    for p in paths:
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        else: p.unlink()
 
 def predict_folder(predictor:Predictor, # from load_predictor
                    images_dir:str|Path, # folder of images
                    out_dir:str|Path, # masks/, submission.csv, errors.csv, predict.json go here
                    csv_format:str='kaggle', # 'kaggle' (ImageId_ClassId) or 'long' (ImageId, ClassId)
-                   progress:bool=True) -> PredictReport:
+                   progress:bool=True, # show a progress bar
+                   overwrite:bool=False, # replace an earlier predict's output in `out_dir` (else a non-empty `out_dir` is an error)
+                  ) -> PredictReport:
     "Predict every image of a folder: mask PNGs, a Severstal submission (class-aware), bad images named."
     if csv_format not in CSV_FORMATS: raise ConfigError(f"csv_format must be one of {', '.join(CSV_FORMATS)}, got {csv_format!r}")
     files, out = image_files(images_dir), Path(out_dir)
+    _clear(check_out_dir(out, overwrite))   # masks/, submission.csv, errors.csv, predict.json of an earlier call; nothing else
     (out/'masks').mkdir(parents=True, exist_ok=True)
     C, rows, errors, masks = predictor.num_classes, [], [], []
     for f in tqdm(files, disable=not progress, desc='predict', leave=False):
         try:
-            img = read_rgb(f)
+            img = read_image(f)             # the dataset readers' own: a truncated or corrupt file is a DataError
             mask, _ = predictor.predict(img, f.name)
             write_png(out/'masks'/f'{f.stem}.png', mask)
         except Exception as e:          # named in errors.csv and predict.json; the other images go on
@@ -177,7 +192,6 @@ def predict_folder(predictor:Predictor, # from load_predictor
     err = pd.DataFrame(errors, columns=['file', 'error'])
     if len(err):
         with atomic_write(out/'errors.csv', 'w') as fh: err.to_csv(fh, index=False)
-    else: (out/'errors.csv').unlink(missing_ok=True)
     rec = predictor.record
     write_json_atomic(out/'predict.json', {'source': predictor.source, 'exp_id': rec.get('exp_id'), 'model': rec.get('model'),
         'weights': rec.get('weights'), 'dataset': rec.get('dataset'),

@@ -559,7 +559,7 @@ def plot_speed_accuracy(results_dir:str|Path, metric:str='test_mIoU', out_dir:st
     if name == 'speed_accuracy': name = f'speed_accuracy_{ranking}'
     df = in_ranking(load_results(results_dir) if results is None else results, ranking)
     ok = df[df.avg_inference_time.notna() & (df.avg_inference_time > 0)] if len(df) else df
-    if not len(ok): return ReportFigure(name, message='no runs with a recorded inference time')
+    if not len(ok): return ReportFigure(name, message='no runs with a recorded inference time (a run whose every test image came from an embedding store has none: its times hold no encoder)')
     _check_metric(ok, metric)
     s = ok.groupby('config', sort=False).agg(dataset=('dataset', 'first'), model=('model', 'first'), label=('label', 'first'),
                                              time=('avg_inference_time', 'mean'), value=(metric, 'mean')).reset_index()

@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -30,7 +32,8 @@ from ..evaluation.prompts import PROMPT_KINDS
 from ..evaluation.evaluate import evaluate
 from ..models.base import eval_mode, TrainableSegmenter
 from ..models.sam.objective import TRAIN_EMPTY, TRAIN_LOSSES
-from .losses import sam2_loss_weights, training_losses
+from .losses import DICE_REDUCTIONS, sam2_loss_weights, training_losses
+from .distributed import ddp_timeout
 
 # %% auto #0
 __all__ = ['RUN_ONLY_OPTIONS', 'CHECKPOINT_FORMAT', 'TrainingError', 'TrainConfig', 'epoch_batches', 'warmup_cosine',
@@ -42,9 +45,10 @@ class TrainingError(DefectSamError, RuntimeError):
     "Training cannot go on (a non-finite loss, too many skipped steps); the message names the step."
 
 # %% ../../nbs/51_training.loop.ipynb #1a22151a
+_MAX_PASSED = 1000 # micro-batches in a row with nothing to train on before the loop gives up
 RUN_ONLY_OPTIONS = ('ckpt_every', 'log_every', 'log_with', 'tracker_project', 'tracker_kwargs', 'num_workers', 'progress') # how a training runs, never what it learns
 _MIXED = ('auto', 'no', 'bf16', 'fp16')
-_TRAIN_PROMPTS = ('box', 'points_1', 'points_3', 'points_5', 'full_image')
+_TRAIN_PROMPTS = ('box', 'points_1', 'points_3', 'points_5', 'full_image', 'mixed')
 
 @dataclass
 class TrainConfig:
@@ -68,13 +72,14 @@ class TrainConfig:
     patience:int|None=None # stop after this many validations without a better val mIoU; None: never
     min_delta:float=0.0 # improvement of val mIoU that counts as better
     dice_weight:float=1.0 # soft Dice loss weight
+    dice_reduction:str='image' # how Dice reduces over a batch: image | batch | present (see `losses.DICE_REDUCTIONS`)
     focal_weight:float=1.0 # focal BCE loss weight
     focal_gamma:float=2.0 # focal exponent (0: plain BCE)
     focal_alpha:float|None=None # weight of positives in the focal BCE (negatives 1 - alpha); None: unweighted
     skeleton_weight:float=0.0 # soft-clDice skeleton loss weight (thin structures: cracks)
     skeleton_iters:int=10 # soft-skeleton iterations: at least half the width in pixels of the thickest structure
-    prompt:str='box' # prompted models: training prompts, box | points_1 | points_3 | points_5 | full_image (one whole-image box)
-    prompt_jitter:float=0.1 # box jitter (fraction of the box extent)
+    prompt:str='box' # prompted models: training prompts, box | points_1 | points_3 | points_5 | full_image (one whole-image box) | mixed (per image a box or 1, 3, 5 points; validate with val_prompt)
+    prompt_jitter:float=0.1 # training box jitter (fraction of the box extent): sam2's trainer jitters its boxes by 0.1 of their extent (`sample_box_points(noise=0.1)`, also capped at 20 px); evaluation boxes are exact
     prompt_expand_ratio:float=0.0 # box expansion
     prompt_n_neg:int=0 # negative points per object
     prompt_min_area:int=10 # components with fewer pixels get no prompt (ignored by the loss)
@@ -121,11 +126,14 @@ class TrainConfig:
         need(self.focal_alpha is None or 0 < self.focal_alpha < 1, f"focal_alpha must be None or in (0, 1), got {self.focal_alpha}")
         need(self.prompt in _TRAIN_PROMPTS, f"prompt must be one of {', '.join(_TRAIN_PROMPTS)}, got {self.prompt!r}")
         need(self.val_prompt is None or self.val_prompt in PROMPT_KINDS, f"val_prompt must be None or one of {', '.join(PROMPT_KINDS)}")
+        need(not (self.prompt == 'mixed' and self.val_every is not None and self.val_prompt is None),
+             "prompt='mixed' is a training mix; validation needs one kind: set val_prompt (e.g. 'box')")
         need(0 <= self.val_threshold <= 1, f"val_threshold must be in [0, 1], got {self.val_threshold}")
         need(self.nonfinite in ('raise', 'skip'), f"nonfinite must be 'raise' or 'skip', got {self.nonfinite!r}")
         need(isinstance(self.num_workers, int) and self.num_workers >= 0, f"num_workers must be an int >= 0, got {self.num_workers!r}")
         if self.augment is not None: Augment(**self.augment)        # unknown or out-of-range options fail here
         need(self.loss in TRAIN_LOSSES, f"loss must be one of {', '.join(TRAIN_LOSSES)}, got {self.loss!r}")
+        need(self.dice_reduction in DICE_REDUCTIONS, f"dice_reduction must be one of {', '.join(DICE_REDUCTIONS)}, got {self.dice_reduction!r}")
         need(self.loss_weights is None or self.loss == 'sam2', "loss_weights are the weights of loss='sam2' (dice_focal has dice_weight, focal_weight)")
         if self.loss_weights is not None: self.loss_weights = sam2_loss_weights(self.loss_weights)
         need(self.train_empty in TRAIN_EMPTY, f"train_empty must be one of {', '.join(TRAIN_EMPTY)}, got {self.train_empty!r}")
@@ -174,15 +182,15 @@ class _Items(torch.utils.data.Dataset):
         return Sample(s.id, img, m, {**s.meta, 'augmented': True})   # new pixels: not for the embedding store
 
 class _MicroBatches:
-    "Batch sampler: micro-batches `start`..`stop` - 1 of the endless epoch sequence, as lists of (epoch, index)."
+    "Batch sampler: micro-batches `start`..`stop` - 1 (None: endless) of the endless epoch sequence, as lists of (epoch, index)."
     def __init__(self, n, batch_size, seed, rank, world, start, stop):
         self.args, self.start, self.stop = (n, batch_size, seed), start, stop
         self.rank, self.world = rank, world
         self.per = len(epoch_batches(n, batch_size, seed, 0, rank, world))
-    def __len__(self): return max(self.stop - self.start, 0)
+    def __len__(self): return sys.maxsize if self.stop is None else max(self.stop - self.start, 0)
     def __iter__(self):
         cur = None
-        for m in range(self.start, self.stop):
+        for m in (itertools.count(self.start) if self.stop is None else range(self.start, self.stop)):
             e, k = divmod(m, self.per)
             if cur is None or cur[0] != e: cur = (e, epoch_batches(*self.args, e, self.rank, self.world))
             yield [(e, int(i)) for i in cur[1][k]]
@@ -227,10 +235,11 @@ def read_checkpoint(path:str|Path) -> dict:
 
 def load_checkpoint(model:TrainableSegmenter, # built as for training (same architecture / LoRA setup)
                     path:str|Path) -> dict: # a best_*.torch or last.torch file
-    "Load a checkpoint's weights into `model` strictly; returns its description (step, val metrics, ...)."
+    "Load a checkpoint's weights into `model` strictly, and how it predicts (`inference_settings`); returns its description (step, val metrics, ...)."
     ck = read_checkpoint(path)
     model.load_trainable_state_dict(ck['model'])
-    return {k: v for k, v in ck.items() if k in ('kind', 'step', 'val', 'params_hash', 'model_info')}
+    model.set_inference(**ck.get('inference', {}))
+    return {k: v for k, v in ck.items() if k in ('kind', 'step', 'val', 'params_hash', 'model_info', 'inference')}
 
 # %% ../../nbs/51_training.loop.ipynb #81496e5a
 def _resolve_mixed_precision(mp:str) -> str:
@@ -332,7 +341,7 @@ def train(model:TrainableSegmenter, # the model to train (updated in place: best
     "Train `model` on `train_ds`, validating on `val_ds`; resumable, on any device Accelerate drives."
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
     cfg = cfg if cfg is not None else TrainConfig()
     _check_model(model)
     if len(train_ds) == 0: raise ConfigError("the training set is empty")
@@ -344,7 +353,8 @@ def train(model:TrainableSegmenter, # the model to train (updated in place: best
     launched = int(os.environ.get('WORLD_SIZE', '1'))              # torchrun / accelerate launch
     acc = Accelerator(mixed_precision=mp, log_with=trackers or None, project_dir=str(out_dir),
                       cpu=launched > 1 and not torch.cuda.is_available(),   # CPU-only machines: DDP over gloo
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)])
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters),
+                                       InitProcessGroupKwargs(timeout=ddp_timeout())])   # a lost rank ends the others (training.distributed)
     try:
         if acc.num_processes != launched:
             raise ConfigError(f"launched as {launched} processes (WORLD_SIZE) but Accelerate runs {acc.num_processes}; "
@@ -367,7 +377,7 @@ class _Run:
         self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
         self.last_path = out/'last.torch'
         self.state = dict(step=0, top_k=[], best=None, bad=0, history=[], window=[], skipped=[], consecutive=0,
-                          time_s=0.0, done=None)
+                          time_s=0.0, done=None, micro=0, empty_skipped=0)
         self.pending_delete, self.saved_step, self.postfix, self.wrapped = [], None, {}, None
 
     # ---- setting up
@@ -431,7 +441,7 @@ class _Run:
         if st['done'] is not None: return                          # a finished run: nothing to do
         GA = cfg.grad_accum
         items = _Items(self.train_ds, None if cfg.augment is None else Augment(**cfg.augment), cfg.seed)
-        sampler = _MicroBatches(len(self.train_ds), cfg.batch_size, cfg.seed, self.rank, self.world, st['step'] * GA, cfg.steps * GA)
+        sampler = _MicroBatches(len(self.train_ds), cfg.batch_size, cfg.seed, self.rank, self.world, st['micro'], None)
         stream = iter(torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=_samples, num_workers=cfg.num_workers,
                                                   generator=torch.Generator().manual_seed(cfg.seed)))
         if self.trackers:
@@ -453,12 +463,24 @@ class _Run:
             if step == cfg.steps and st['done'] is None: st['done'] = 'steps'
             if step % cfg.ckpt_every == 0 or st['done'] is not None: self._save_last()
 
+    def _draw(self, stream) -> list:
+        "The next micro-batch the model trains on: one that `trains_on` says nothing to (on every process) is passed over."
+        st = self.state
+        for tries in range(_MAX_PASSED + 1):
+            samples = next(stream); st['micro'] += 1
+            ok = torch.tensor([float(self.model.trains_on(samples))], device=self.acc.device)
+            if self.world > 1: ok = self.acc.reduce(ok, 'sum')          # one process with something to learn: all train
+            if ok.item() > 0: return samples
+            st['empty_skipped'] += 1
+        raise TrainingError(f"{_MAX_PASSED} micro-batches in a row held nothing to train on (train_empty='skip' and no defect "
+                            f"large enough to prompt) before step {st['step'] + 1}; the training set has too few defects for this setting")
+
     def _step(self, stream, step:int):
         "One optimizer step of `grad_accum` micro-batches: (mean loss parts, gradient norm, why it failed or None)."
         acc, cfg, GA = self.acc, self.cfg, self.cfg.grad_accum
         sums, bad, gn = {}, None, float('nan')
         for a in range(GA):
-            samples = next(stream)
+            samples = self._draw(stream)
             with (acc.no_sync(self.wrapped) if a < GA - 1 else contextlib.nullcontext()):   # sync on the last only
                 out = self.model.forward_batch(samples, self.gen, self.wrapped)
                 losses = training_losses(out, cfg)
@@ -467,7 +489,6 @@ class _Run:
                 if finite.item() < 1:
                     bad = (f"non-finite loss ({losses['loss'].item()}) at step {step} (micro-batch {a + 1}/{GA}, "
                            f"images {[s.id for s in samples]})")
-                    for _ in range(GA - a - 1): next(stream)       # keep the data stream aligned with the step count
                     break
                 acc.backward(losses['loss'] / GA)
             for k, v in losses.items(): sums[k] = sums.get(k, 0.0) + float(v.detach()) / GA
@@ -541,7 +562,8 @@ class _Run:
         st['top_k'] = ranked[:cfg.keep_top_k]
         if self.main and any(r['file'] == name for r in st['top_k']):
             torch_save_atomic({'format': CHECKPOINT_FORMAT, 'kind': 'best', 'step': step, 'val': v, 'params_hash': self.phash,
-                               'model': self.model.trainable_state_dict(), 'model_info': self.params['model']}, self.out/name)
+                               'model': self.model.trainable_state_dict(), 'inference': self.model.inference_settings(),
+                               'model_info': self.params['model']}, self.out/name)
         self.pending_delete += [r['file'] for r in ranked[cfg.keep_top_k:] if r['file'] != name]   # once `last` forgets them
         self.postfix.update(val_mIoU=f"{v['val_mIoU']:.4f}", val_mDice=f"{v['val_mDice']:.4f}"); self.bar.set_postfix(self.postfix)
         if cfg.patience is not None and st['bad'] >= cfg.patience: st['done'] = 'early_stopping'
@@ -557,7 +579,8 @@ class _Run:
             torch_save_atomic({'format': CHECKPOINT_FORMAT, 'kind': 'last', 'step': st['step'], 'params': self.params,
                                'params_hash': self.phash, 'model': self.model.trainable_state_dict(),
                                'optimizer': self.opt.state_dict(), 'scheduler': self.sched.state_dict(), 'scaler': scaler,
-                               'rng': states, 'state': st, 'model_info': self.params['model']}, self.last_path)
+                               'rng': states, 'state': st, 'inference': self.model.inference_settings(),
+                               'model_info': self.params['model']}, self.last_path)
             for f in self.pending_delete: (self.out/f).unlink(missing_ok=True)
         self.pending_delete, self.saved_step = [], st['step']
         self.acc.wait_for_everyone()
@@ -584,5 +607,6 @@ class _Run:
             write_json_atomic(self.out/'train_result.json', {
                 'best_checkpoint': res.best_checkpoint, 'best_metrics': res.best_metrics, 'last_checkpoint': res.last_checkpoint,
                 'steps': res.steps, 'stop_reason': res.stop_reason, 'skipped_steps': res.skipped_steps, 'top_k': res.top_k,
+                'micro_batches': st['micro'], 'empty_micro_batches_passed': st['empty_skipped'],
                 'params_hash': self.phash, 'params': self.params})
         return res

@@ -14,8 +14,8 @@ from ..core.errors import ConfigError, DataError
 from ..models.base import TrainOutput
 
 # %% auto #0
-__all__ = ['SAM2_LOSS_WEIGHTS', 'dice_loss', 'focal_loss', 'soft_skeleton', 'skeleton_loss', 'segmentation_losses',
-           'sam2_loss_weights', 'sam2_losses', 'training_losses']
+__all__ = ['DICE_REDUCTIONS', 'SAM2_LOSS_WEIGHTS', 'dice_loss', 'focal_loss', 'soft_skeleton', 'skeleton_loss',
+           'segmentation_losses', 'sam2_loss_weights', 'sam2_losses', 'training_losses']
 
 # %% ../../nbs/50_training.losses.ipynb #7b3988e0
 def _reduce(x:torch.Tensor) -> torch.Tensor: return x.sum((-2, -1))
@@ -79,16 +79,40 @@ def _as_list(x, n=None, what='logits') -> list:
     if n is not None and len(xs) != n: raise DataError(f"TrainOutput.{what} holds {len(xs)} images, logits {n}")
     return xs
 
+DICE_REDUCTIONS = {
+    'image': 'per image and channel, averaged: a defect-free image costs 1 - 1/(sum(p) + 1), so any spread of small probabilities costs almost 1',
+    'batch': "over the whole batch per channel, channels absent from the batch left out (smp's DiceLoss; nnU-Net's batch Dice)",
+    'present': "per image and channel, counted only where the target holds a defect, averaged over all (sam2's 'object present')",
+} # how the soft Dice term reduces over a batch (`TrainConfig.dice_reduction`)
+
+def _dice_parts(lg, y, v) -> torch.Tensor:
+    "(3, C): sum(p y), sum(p), sum(y) per channel of one image (valid pixels only)."
+    p = torch.sigmoid(lg.float())
+    if v is not None: p, y = p * v, y * v
+    return torch.stack([_reduce(p * y), _reduce(p), _reduce(y)])
+
+def _dice(parts:list, reduction:str, smooth:float=1.0) -> torch.Tensor:
+    "The batch's Dice term from per-image `_dice_parts`, reduced as `reduction` says (a `DICE_REDUCTIONS` key)."
+    if reduction == 'batch':
+        i, p, y = torch.stack([q.reshape(3, -1) for q in parts]).sum(0)
+        loss = 1 - (2 * i + smooth) / (p + y + smooth)
+        return (loss * (y > 0)).mean()
+    i, p, y = torch.cat([q.reshape(3, -1) for q in parts], 1)
+    loss = 1 - (2 * i + smooth) / (p + y + smooth)
+    return (loss * (y > 0)).mean() if reduction == 'present' else loss.mean()
+
 def _terms(lg, y, v, w:dict) -> dict:
-    t = {'dice': dice_loss(lg, y, v), 'focal': focal_loss(lg, y, v, w['focal_gamma'], w['focal_alpha'])}
+    t = {'dice': _dice_parts(lg, y, v), 'focal': focal_loss(lg, y, v, w['focal_gamma'], w['focal_alpha'])}
     if w['skeleton_weight']: t['skeleton'] = skeleton_loss(lg, y, v, w['skeleton_iters'])
     return t
 
 def segmentation_losses(out:TrainOutput, # what `forward_batch` returned
                         dice_weight:float=1.0, focal_weight:float=1.0, # weights of the main terms
                         skeleton_weight:float=0.0, skeleton_iters:int=10, # optional clDice term
-                        focal_gamma:float=2.0, focal_alpha:float|None=None) -> dict: # focal BCE options
+                        focal_gamma:float=2.0, focal_alpha:float|None=None, # focal BCE options
+                        dice_reduction:str='image') -> dict: # a DICE_REDUCTIONS key
     "Total loss (`loss`) and its parts (`dice`, `focal`, `skeleton`, `aux`) for one batch."
+    if dice_reduction not in DICE_REDUCTIONS: raise ConfigError(f"dice_reduction must be one of {', '.join(DICE_REDUCTIONS)}, got {dice_reduction!r}")
     w = dict(focal_gamma=focal_gamma, focal_alpha=focal_alpha, skeleton_weight=skeleton_weight, skeleton_iters=skeleton_iters)
     lgs = _as_list(out.logits)
     if not lgs: raise DataError("TrainOutput.logits is empty")
@@ -98,19 +122,19 @@ def segmentation_losses(out:TrainOutput, # what `forward_batch` returned
         for name, t in (('targets', y), ('valid', v)):
             if t is not None and tuple(t.shape) != tuple(lg.shape):
                 raise DataError(f"TrainOutput: image {i} has logits of shape {tuple(lg.shape)} but {name} of shape {tuple(t.shape)}")
-        for k, val in _terms(lg, y.float(), None if v is None else v.float(), w).items(): parts.setdefault(k, []).append(val.reshape(-1))
-    res = {k: torch.cat(v).mean() for k, v in parts.items()}
+        for k, val in _terms(lg, y.float(), None if v is None else v.float(), w).items(): parts.setdefault(k, []).append(val)
+    res = {k: _dice(v, dice_reduction) if k == 'dice' else torch.cat([x.reshape(-1) for x in v]).mean() for k, v in parts.items()}
     loss = dice_weight * res['dice'] + focal_weight * res['focal'] + skeleton_weight * res.get('skeleton', 0.0)
     aux = lgs[0].new_zeros(())
     for weight, alg in (out.aux or []):
-        als, a_parts = _as_list(alg, len(lgs), 'aux logits'), []
+        als, a_dice, a_focal = _as_list(alg, len(lgs), 'aux logits'), [], []
         for lg, y, v in zip(als, ys, vs):
             size = tuple(lg.shape[-2:])
             ry = F.interpolate(y.float().reshape(-1, 1, *y.shape[-2:]), size, mode='nearest').reshape(*y.shape[:-2], *size)
             rv = None if v is None else F.interpolate(v.float().reshape(-1, 1, *v.shape[-2:]), size, mode='nearest').reshape(*v.shape[:-2], *size)
             t = _terms(lg, ry, rv, dict(w, skeleton_weight=0))
-            a_parts.append((dice_weight * t['dice'] + focal_weight * t['focal']).reshape(-1))
-        aux = aux + weight * torch.cat(a_parts).mean()
+            a_dice.append(t['dice']); a_focal.append(t['focal'].reshape(-1))
+        aux = aux + weight * (dice_weight * _dice(a_dice, dice_reduction) + focal_weight * torch.cat(a_focal).mean())
     res['loss'] = loss + aux
     res['aux'] = aux
     return res
@@ -156,6 +180,13 @@ def _sam2_terms(o:dict, w:dict, alpha:float, gamma:float) -> dict:
     return {'focal': focal[ar, best] * present * wt, 'dice': dice[ar, best] * present * wt, 'iou': iou * present * wt,
             'object_score': obj * wt, 'n': wt, 'best': best, 'actual_iou': actual}
 
+def _objects_per_process(n:torch.Tensor) -> torch.Tensor:
+    "sam2's normaliser: the objects of every process, averaged over the processes (each process then sums its own; DDP averages the gradients)."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        n = n.clone(); dist.all_reduce(n); n = n / dist.get_world_size()
+    return n.clamp_min(1)
+
 def sam2_losses(out:TrainOutput, # `objects` set: per-prompt masks, iou, object_score, target, valid, weight
                 weights:dict|None=None, # laid over SAM2_LOSS_WEIGHTS
                 focal_alpha:float=0.25, focal_gamma:float=2.0, # sam2's focal settings
@@ -164,7 +195,7 @@ def sam2_losses(out:TrainOutput, # `objects` set: per-prompt masks, iou, object_
     w = sam2_loss_weights(weights)
     if not out.objects: raise DataError("sam2_losses needs TrainOutput.objects (per-prompt SAM2 outputs); this model gave none")
     ts = [_sam2_terms(o, w, focal_alpha, focal_gamma) for o in out.objects]
-    n = torch.cat([t['n'] for t in ts]).sum().clamp_min(1)
+    n = _objects_per_process(torch.cat([t['n'] for t in ts]).sum().detach())
     res = {k: torch.cat([t[k] for t in ts]).sum() / n for k in ('focal', 'dice', 'iou', 'object_score')}
     res['loss'] = sum(w[k] * res[k] for k in SAM2_LOSS_WEIGHTS)
     if return_best: res |= {'best': [t['best'] for t in ts], 'actual_iou': [t['actual_iou'] for t in ts]}
@@ -176,6 +207,7 @@ def training_losses(out:TrainOutput, # what `forward_batch` returned
     res = {}
     for o in (out.iterations or [out]):
         l = sam2_losses(o, cfg.loss_weights) if cfg.loss == 'sam2' else \
-            segmentation_losses(o, cfg.dice_weight, cfg.focal_weight, cfg.skeleton_weight, cfg.skeleton_iters, cfg.focal_gamma, cfg.focal_alpha)
+            segmentation_losses(o, cfg.dice_weight, cfg.focal_weight, cfg.skeleton_weight, cfg.skeleton_iters, cfg.focal_gamma, cfg.focal_alpha,
+                                cfg.dice_reduction)
         for k, v in l.items(): res[k] = res[k] + v if k in res else v
     return res

@@ -28,6 +28,7 @@ _DEC_ATTN = re.compile(r'^sam_mask_decoder\.transformer\..*\.(q_proj|k_proj|v_pr
 _ENC_ATTN = re.compile(r'^image_encoder\.trunk\.blocks\.\d+\.attn\.(qkv|proj)$')
 _DEC_MLP = re.compile(r'^sam_mask_decoder\.transformer\.layers\.\d+\.mlp\.layers\.\d+$')
 _ENC_MLP = re.compile(r'^image_encoder\.trunk\.blocks\.\d+\.mlp\.layers\.\d+$')
+_DEC_HEADS = re.compile(r'^sam_mask_decoder\.(iou_prediction_head|pred_obj_score_head)(\.layers\.\d+)?$')   # what inference reads: which mask, is there an object
 _IMAGE_PATH = ('image_encoder.', 'sam_prompt_encoder.', 'sam_mask_decoder.')
 _SCOPES = {'decoder': ('sam_mask_decoder.',), 'encoder_decoder': ('image_encoder.', 'sam_mask_decoder.'),
            'attn_mlp': ('image_encoder.', 'sam_mask_decoder.'), 'all': _IMAGE_PATH}
@@ -42,9 +43,9 @@ def lora_targets(model:nn.Module, # a SAM2Base
     _check_strategy(strategy)
     lin = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if strategy == 'all': names = [n for n in lin if n.startswith(_IMAGE_PATH)]
-    elif strategy == 'attn_mlp': names = [n for n in lin if any(r.match(n) for r in (_DEC_ATTN, _ENC_ATTN, _DEC_MLP, _ENC_MLP))]
+    elif strategy == 'attn_mlp': names = [n for n in lin if any(r.match(n) for r in (_DEC_ATTN, _ENC_ATTN, _DEC_MLP, _ENC_MLP, _DEC_HEADS))]
     else:
-        names = [n for n in lin if _DEC_ATTN.match(n) or (strategy == 'encoder_decoder' and _ENC_ATTN.match(n))]
+        names = [n for n in lin if _DEC_ATTN.match(n) or _DEC_HEADS.match(n) or (strategy == 'encoder_decoder' and _ENC_ATTN.match(n))]
     if not names: raise ConfigError(f"LoRA strategy {strategy!r} found no target layer: is this a SAM2 model?")
     return names
 

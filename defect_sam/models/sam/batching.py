@@ -12,12 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...core.errors import DataError
+from ...core.errors import ConfigError, DataError
 from ...evaluation.prompts import make_prompts, Prompts
 
 # %% auto #0
-__all__ = ['PROMPT_KEYS', 'prompt_arrays', 'preprocess', 'check_image', 'select_mask', 'upsample_logits', 'to_model_coords',
-           'combine_probs', 'combine_logits', 'small_components', 'simulate_prompts']
+__all__ = ['PROMPT_KEYS', 'OUTPUT_RULES', 'NO_OBJ_SCORE', 'DETAIL_COLUMNS', 'MIXED_PROMPTS', 'prompt_arrays', 'preprocess',
+           'multimask_prompts', 'choose_output', 'no_object', 'check_image', 'select_mask', 'upsample_logits',
+           'to_model_coords', 'combine_probs', 'combine_logits', 'small_components', 'mixed_kind', 'simulate_prompts',
+           'has_prompt']
 
 # %% ../../../nbs/34_models.sam.batching.ipynb #c21a51cc
 PROMPT_KEYS = {'boxes', 'points', 'labels', 'classes', 'num_classes'}
@@ -73,6 +75,52 @@ def preprocess(images:Sequence[np.ndarray], # HxWx3 uint8 RGB images
         out.append(normalize(resize(x, [image_size, image_size], antialias=True), _MEAN, _STD))
     return torch.stack(out)
 
+# %% ../../../nbs/34_models.sam.batching.ipynb #c0aca58d
+OUTPUT_RULES = {
+    'sam2': "a prompt of at most one point takes the best of the three multimask outputs by predicted IoU, any other "
+            "prompt (a box counts as two points) output token 0, as SAM2's trainer and predictors do",
+    'token0': 'output token 0, the single mask, for every prompt',
+    'best_iou': 'the best of the three multimask outputs by predicted IoU, for every prompt',
+} # which mask-decoder output a prompt's mask is
+NO_OBJ_SCORE = -1024.0 # sam2's mask logit for "no object" (`sam2.modeling.sam2_base.NO_OBJ_SCORE`)
+DETAIL_COLUMNS = {
+    'pred_iou': "mean over the image's prompts of the predicted IoU of each prompt's mask",
+    'object_score': "the highest object-score logit over the image's prompts (> 0: SAM2 sees an object)",
+    'no_object_prompts': 'prompts whose object score is not positive (emptied when the object-score rule is on)',
+    'encoder_run': "1 when the image encoder ran for this image in this call, 0 when its features came from the embedding cache or store (its time then holds no encoder)",
+} # what every SAM2 model adds to the evaluation's per-image table
+
+def multimask_prompts(labels, # (N, P) point labels (array or tensor): 1 / 0 points, 2 / 3 box corners, -1 padding
+                      rule:str='sam2'): # (N,) bool array (tensor for a tensor): the prompts that take the multimask outputs
+    "Which prompts `rule` (an `OUTPUT_RULES` key) answers with the best of the three multimask outputs."
+    if rule not in OUTPUT_RULES: raise ConfigError(f"unknown output rule {rule!r}; valid: {', '.join(OUTPUT_RULES)}")
+    n = ((labels if torch.is_tensor(labels) else np.asarray(labels)) >= 0).sum(1)
+    return n <= 1 if rule == 'sam2' else (n >= 0 if rule == 'best_iou' else n < 0)
+
+def choose_output(low:torch.Tensor, # (N, 4, h, w) the decoder's four mask logits: token 0, then the three multimask ones
+                  iou:torch.Tensor, # (N, 4) their predicted IoUs
+                  labels:torch.Tensor, # (N, P) the prompts' point labels
+                  rule:str='sam2', # an OUTPUT_RULES key
+                  stability:tuple|None=None) -> tuple: # (delta, threshold): sam2's fallback from an unstable token 0; None: off
+    "Per prompt the output `rule` picks: logits (N, h, w), predicted IoU (N,), output token (N,); traceable, so the ONNX graph runs it too."
+    mm = multimask_prompts(labels, rule)
+    best = iou[:, 1:].argmax(1) + 1
+    tok = torch.where(mm, best, torch.zeros_like(best))
+    if stability is not None:                                   # sam2's MaskDecoder._dynamic_multimask_via_stability
+        delta, thresh = stability
+        x = low[:, 0].flatten(1)
+        inter, union = (x > delta).sum(1).float(), (x > -delta).sum(1).float()
+        score = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        tok = torch.where(~mm & (score < thresh), best, tok)
+    ar = torch.arange(low.shape[0], device=low.device)
+    return low[ar, tok], iou[ar, tok], tok
+
+def no_object(low:torch.Tensor, # (N, ..., h, w) mask logits
+              object_score:torch.Tensor) -> torch.Tensor: # (N,) or (N, 1) object-score logits
+    "The logits with every prompt whose object score is not positive set to `NO_OBJ_SCORE` (sam2's `_forward_sam_heads`)."
+    keep = (object_score.reshape(-1) > 0).reshape(-1, *([1] * (low.ndim - 1)))
+    return torch.where(keep, low, torch.full_like(low, NO_OBJ_SCORE))
+
 # %% ../../../nbs/34_models.sam.batching.ipynb #93710113
 def check_image(image):
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -100,7 +148,7 @@ def to_model_coords(coords:np.ndarray, hw:tuple, R:int) -> np.ndarray:
 def combine_probs(chunks, n:int, hw:tuple, classes:np.ndarray, num_classes:int|None, dev) -> torch.Tensor:
     "Maximum of per-prompt probabilities, overall (H, W) or per class (C, H, W)."
     out = torch.zeros((num_classes or 1, *hw), device=dev)
-    for a, b, probs, _, _ in chunks:
+    for a, b, probs, *_ in chunks:
         cls = torch.as_tensor(classes[a:b] - 1 if num_classes else np.zeros(b - a, np.int64), device=dev)
         for c in cls.unique().tolist(): out[c] = torch.maximum(out[c], probs[cls == c].amax(0))
     return out if num_classes else out[0]
@@ -123,6 +171,13 @@ def small_components(m:np.ndarray, min_area:int) -> np.ndarray:
     small = np.nonzero(stats[1:, cv2.CC_STAT_AREA] < min_area)[0] + 1
     return np.isin(lab, small) if len(small) else np.zeros(m.shape, bool)
 
+MIXED_PROMPTS = {'box': 0.5, 'points_1': 1 / 6, 'points_3': 1 / 6, 'points_5': 1 / 6} # the `mixed` training prompt: kind -> share (sam2's trainer: a box half the time, else points)
+
+def mixed_kind(rng:np.random.Generator) -> str:
+    "One image's prompt kind under `mixed`, drawn from `MIXED_PROMPTS` with the loop's generator."
+    kinds = list(MIXED_PROMPTS)
+    return kinds[int(rng.choice(len(kinds), p=list(MIXED_PROMPTS.values())))]
+
 def _random_prompt(shape:tuple, kind:str, n_neg:int, rng:np.random.Generator, num_classes:int|None) -> Prompts:
     "One random prompt anywhere in the image (the answer is 'nothing'): a box of 10-50% of each side, or random points."
     H, W = shape
@@ -138,7 +193,7 @@ def _random_prompt(shape:tuple, kind:str, n_neg:int, rng:np.random.Generator, nu
 
 def simulate_prompts(mask:np.ndarray, # HxW class-index ground truth
                      rng:np.random.Generator, # the training loop's generator (the only randomness used)
-                     kind:str='box', # box | points_1 | points_3 | points_5
+                     kind:str='box', # box | points_1 | points_3 | points_5 | full_image | mixed (per image a box, or 1, 3 or 5 points: `MIXED_PROMPTS`)
                      jitter:float=0.0, # box jitter
                      expand_ratio:float=0.0, # box expansion
                      n_neg:int=0, # negative points per object (points_k)
@@ -150,6 +205,7 @@ def simulate_prompts(mask:np.ndarray, # HxW class-index ground truth
                     ) -> tuple[Prompts, np.ndarray, np.ndarray]: # prompts, target (C, H, W), valid (C, H, W) float32
     "Training prompts from a ground-truth mask, with the target and valid maps their combined answer is scored on."
     C = num_classes if class_aware else None
+    if kind == 'mixed': kind = mixed_kind(rng)
     p = make_prompts(mask, kind, seed=int(rng.integers(2**32)), class_aware=class_aware, num_classes=C, min_area=min_area,
                      expand_ratio=expand_ratio, jitter=jitter, n_neg=n_neg, neg_ring=neg_ring, per_component=per_component,
                      source='train')
@@ -158,3 +214,11 @@ def simulate_prompts(mask:np.ndarray, # HxW class-index ground truth
     valid = np.stack([~small_components(m, min_area) for m in layers]).astype(np.float32)
     if p.is_empty: p = _random_prompt(mask.shape, kind, n_neg, rng, C)
     return p, target, valid
+
+def has_prompt(mask:np.ndarray, # HxW class-index ground truth
+               kind:str='box', min_area:int=10, per_component:bool=True, class_aware:bool=False, num_classes:int|None=None,
+               **_) -> bool: # the other `simulate_prompts` options do not matter
+    "Does `simulate_prompts` prompt this mask from its ground truth (else it makes one random prompt with an empty answer)?"
+    C = num_classes if class_aware else None
+    return not make_prompts(mask, 'box' if kind == 'mixed' else kind, seed=0, class_aware=class_aware, num_classes=C, min_area=min_area,
+                            per_component=per_component).is_empty

@@ -15,7 +15,7 @@ from ...evaluation.prompts import boxes_from_mask, innermost_point
 from ...evaluation.metrics import confusion_counts, iou_score
 
 # %% auto #0
-__all__ = ['next_click', 'correction_curve', 'correction_study']
+__all__ = ['CLICK_FROM_GT', 'next_click', 'sample_click', 'correction_curve', 'correction_study']
 
 # %% ../../../nbs/39_models.sam.correction.ipynb #ca2c48f8
 def _components(mask:np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -35,6 +35,25 @@ def next_click(pred:np.ndarray, # HxW bool prediction
     if best is None: return None
     x, y = innermost_point(best[2])
     return x, y, best[1]
+
+# %% ../../../nbs/39_models.sam.correction.ipynb #e5066228
+CLICK_FROM_GT = 0.1 # share of training clicks drawn from the ground truth instead of the error (sam2.1's prob_to_sample_from_gt_for_train)
+
+def sample_click(pred:np.ndarray, # HxW bool prediction
+                 gt:np.ndarray, # HxW bool ground truth
+                 rng:np.random.Generator, # the training loop's generator
+                 from_gt:bool=False, # treat the prediction as empty (a click from the ground truth)
+                 valid:np.ndarray|None=None) -> tuple[int, int, int]|None: # HxW bool: where a click may land (default: anywhere)
+    "A training click (x, y, label) drawn uniformly from the error region, as sam2's trainer does; None if there is nowhere to click."
+    if from_gt: pred = np.zeros_like(gt)
+    ok = np.ones_like(gt) if valid is None else valid
+    fn, fp = gt & ~pred & ok, pred & ~gt & ok
+    if not (fn.any() or fp.any()): fp = ~gt & ok               # all correct: a negative click on the background
+    ys, xs = np.nonzero(fn | fp)
+    if not len(ys): return None
+    k = int(rng.integers(len(ys)))
+    y, x = int(ys[k]), int(xs[k])
+    return x, y, int(fn[y, x])
 
 # %% ../../../nbs/39_models.sam.correction.ipynb #976b513b
 def _iou(pred, gt) -> float: return float(iou_score(*confusion_counts(pred, gt)[0]))

@@ -15,74 +15,19 @@ from fastcore.basics import patch
 from torch import nn
 
 from . import adapters
+from .module import SamImageModule
 from ...core.errors import ConfigError, DataError
 from ...core.io import cache_dir
 from ..base import eval_mode, TrainableSegmenter, TrainOutput
 from .weights import fetch_checkpoint, load_sam2, sam2_spec
-from .batching import check_image, combine_logits, combine_probs, preprocess, prompt_arrays, PROMPT_KEYS, select_mask, simulate_prompts, to_model_coords, upsample_logits
+from .batching import check_image, combine_logits, combine_probs, DETAIL_COLUMNS, has_prompt, no_object, OUTPUT_RULES, preprocess, prompt_arrays, PROMPT_KEYS, to_model_coords, upsample_logits
 from .cache import EmbeddingCache, image_key, weights_digest, weights_fingerprint
 from .adapters import check_lora_args, check_state_keys, in_parts, load_lora_state_dict, lora_state_dict, LORA_STRATEGIES, PEFT_METHODS, read_trainable, trainable_parts, write_trainable
 from .tiling import check_tiling, route_prompts, Stitcher, tile_grid
 from .objective import objective_forward_batch, TRAIN_EMPTY, TRAIN_LOSSES
 
 # %% auto #0
-__all__ = ['SamImageModule', 'SamSegmenter', 'build_sam2']
-
-# %% ../../../nbs/41_models.sam.inference.ipynb #629487b8
-class SamImageModule(nn.Module):
-    "SAM2's image path as one module: encode -> (prompt encoder, mask decoder) per image."
-    def __init__(self, sam:nn.Module): super().__init__(); self.sam = sam
-
-    def encode(self, pixels:torch.Tensor, # (B, 3, R, R) normalised images
-               stage:str='post') -> dict: # 'post': with conv_s0/conv_s1 applied, 'raw': neck output
-        "Image-encoder features of a batch: image_embed (B, C, R/16, R/16) and high-res levels hr0, hr1."
-        fpn = self.sam.image_encoder(pixels)['backbone_fpn']
-        f = {'image_embed': fpn[-1]}
-        if self.sam.use_high_res_features_in_sam: f |= {'hr0': fpn[0], 'hr1': fpn[1]}
-        return self.project(f) if stage == 'post' else f
-
-    def project(self, f:dict) -> dict:
-        "Apply the mask decoder's high-resolution projections to raw features."
-        if 'hr0' not in f: return f
-        d = self.sam.sam_mask_decoder
-        return {'image_embed': f['image_embed'], 'hr0': d.conv_s0(f['hr0']), 'hr1': d.conv_s1(f['hr1'])}
-
-    def decode(self, embed:torch.Tensor, # (1, C, h, w) image embedding incl. the no-memory embedding
-               hr:list|None, # [(1, C0, 4h, 4w), (1, C1, 2h, 2w)] projected high-res features, or None
-               coords:torch.Tensor, # (N, P, 2) in model-input pixels
-               labels:torch.Tensor, # (N, P) int
-               mask_input:torch.Tensor|None=None, # (N, 1, 4h, 4w) previous low-res logits
-               multimask_output:bool=False,
-               object_score:bool=False) -> tuple[torch.Tensor, torch.Tensor]: # also return the object-score logits (N, 1)
-        "Low-res mask logits (N, M, 4h, 4w) and predicted IoU (N, M) for the prompts of one image."
-        pe = self.sam.sam_prompt_encoder
-        sparse, dense = pe(points=(coords, labels), boxes=None, masks=mask_input)
-        low, iou, _, obj = self.sam.sam_mask_decoder(image_embeddings=embed, image_pe=pe.get_dense_pe(),
-                                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                                     multimask_output=multimask_output, repeat_image=coords.shape[0] > 1,
-                                                     high_res_features=hr)
-        return (low, iou, obj) if object_score else (low, iou)
-
-    def image_features(self, f:dict, i:int) -> tuple[torch.Tensor, list|None]:
-        "Embedding (with the no-memory embedding added) and high-res features of image `i` of a feature batch."
-        e = f['image_embed'][i:i + 1]
-        if self.sam.directly_add_no_mem_embed: e = e + self.sam.no_mem_embed.view(1, -1, 1, 1)
-        return e, ([f['hr0'][i:i + 1], f['hr1'][i:i + 1]] if 'hr0' in f else None)
-
-    def forward(self, prompts:list, # per image: (coords (N, P, 2), labels (N, P), mask_input or None)
-                pixels:torch.Tensor|None=None, # (B, 3, R, R): run the encoder (with gradients if it is trainable)
-                features:dict|None=None, # or precomputed features of the batch (from the cache)
-                stage:str='post', # stage of `features`
-                multimask_output:bool=False,
-                object_score:bool=False) -> list[tuple[torch.Tensor, torch.Tensor]]: # also the object-score logits (N, 1)
-        "Per image (low-res logits (N, M, 4h, 4w), IoU predictions (N, M)[, object-score logits (N, 1)])."
-        if (pixels is None) == (features is None): raise ConfigError("pass exactly one of pixels and features")
-        f = self.encode(pixels) if pixels is not None else (self.project(features) if stage == 'raw' else features)
-        out = []
-        for i, (c, l, m) in enumerate(prompts):
-            e, hr = self.image_features(f, i)
-            out.append(self.decode(e, hr, c, l, m, multimask_output, object_score))
-        return out
+__all__ = ['SamSegmenter', 'build_sam2']
 
 # %% ../../../nbs/41_models.sam.inference.ipynb #e343f768
 class SamSegmenter(TrainableSegmenter):
@@ -90,13 +35,16 @@ class SamSegmenter(TrainableSegmenter):
     needs_prompts = True
     trainable = False # True once fine-tuning is set up (set_trainable / apply_lora)
     name = 'sam2'
+    detail_columns = tuple(DETAIL_COLUMNS)
 
     def __init__(self,
                  size:str='tiny', # tiny | small | base_plus | large
                  weights:str|Path='auto', # 'auto' (official checkpoint, cached or downloaded), a checkpoint path, or 'random'
                  device:str='cpu', # torch device, or 'auto' (cuda if available)
                  image_size:int=1024, # side SAM2 resizes images (or tiles) to; smaller only for fast tests
-                 multimask_output:bool=False, # three masks per prompt, keep the best by predicted IoU
+                 output:str='sam2', # which decoder output is a prompt's mask (OUTPUT_RULES): sam2 (SAM2's own rule), token0, best_iou
+                 use_object_score:bool|None=None, # a prompt whose object score is not positive predicts nothing; None: when trained with loss='sam2'
+                 stability_fallback:bool|None=None, # sam2's fallback from an unstable token 0 to the best multimask output; None: on until fine-tuned
                  tiling:dict|None=None, # None: resize the whole image; dict(tile=256|512, overlap=.., blend='mean'|'max')
                  cache_bytes:int=1 << 30, # memory bound of the embedding cache (0: no memory cache)
                  cache_items:int|None=None, # optional bound on cached images
@@ -109,7 +57,7 @@ class SamSegmenter(TrainableSegmenter):
                  seed:int=0): # seed of the random initialisation (weights='random')
         spec = sam2_spec(size)
         self.size, self.image_size, self.seed = size, image_size, seed
-        self.multimask_output, self.tiling = bool(multimask_output), check_tiling(tiling)
+        self.tiling = check_tiling(tiling)
         if not (isinstance(encode_batch_size, int) and encode_batch_size >= 1 and isinstance(decode_batch_size, int) and decode_batch_size >= 1):
             raise ConfigError(f"encode_batch_size and decode_batch_size must be ints >= 1, got {encode_batch_size!r}, {decode_batch_size!r}")
         self.encode_batch_size, self.decode_batch_size = encode_batch_size, decode_batch_size
@@ -131,18 +79,52 @@ class SamSegmenter(TrainableSegmenter):
         self._lora_tuner, self._weights_version, self._digests = None, 0, {}
         self.encoder_images = self.encoder_batches = 0
         self._train_store = None
+        if use_object_score is not None and not isinstance(use_object_score, (bool, np.bool_)):
+            raise ConfigError(f"use_object_score must be True, False or None, got {use_object_score!r}")
+        self.use_object_score = None if use_object_score is None else bool(use_object_score)
+        self.output, self.trained_loss = 'sam2', None
+        self.set_inference(output, True if stability_fallback is None else stability_fallback)
         self.set_train_prompts()
         self.train_objective = dict(loss='dice_focal', correction_iters=0, train_empty='negative_prompt')   # see `set_train_objective`
 
     @property
     def device(self) -> torch.device: return next(self.model.parameters()).device
     @property
+    def stability_fallback(self) -> bool:
+        "sam2's post-processing: an unstable token-0 mask is replaced by the best multimask output (in eval mode only)."
+        return bool(self.model.sam_mask_decoder.dynamic_multimask_via_stability)
+    @property
+    def stability(self) -> tuple|None:
+        "sam2's (delta, threshold) of the fallback when it is on, for `choose_output`; None when off."
+        d = self.model.sam_mask_decoder
+        return (d.dynamic_multimask_stability_delta, d.dynamic_multimask_stability_thresh) if self.stability_fallback else None
+    @property
+    def object_score_rule(self) -> bool:
+        "Does a prompt whose object score is not positive predict an empty mask (`use_object_score`, else: trained with loss='sam2')?"
+        return self.use_object_score if self.use_object_score is not None else self.trained_loss == 'sam2'
+
+    def set_inference(self, output:str|None=None, # OUTPUT_RULES key
+                      stability_fallback:bool|None=None, # sam2's dynamic multimask fallback
+                      trained_loss:str|None=None): # the loss the weights were trained with (checkpoints record it)
+        "Set how predictions are decoded (what `inference_settings` returns); arguments left None keep their value."
+        if output is not None:
+            if output not in OUTPUT_RULES: raise ConfigError(f"output must be one of {', '.join(OUTPUT_RULES)}, got {output!r}")
+            self.output = output
+        if stability_fallback is not None: self.model.sam_mask_decoder.dynamic_multimask_via_stability = bool(stability_fallback)
+        if trained_loss is not None:
+            if trained_loss not in TRAIN_LOSSES: raise ConfigError(f"trained_loss must be one of {', '.join(TRAIN_LOSSES)}, got {trained_loss!r}")
+            self.trained_loss = trained_loss
+
+    def inference_settings(self) -> dict:
+        "What a checkpoint records so that the loaded model predicts as it was trained (see `set_inference`)."
+        return dict(output=self.output, stability_fallback=self.stability_fallback, trained_loss=self.trained_loss)
+    @property
     def module(self) -> SamImageModule:
         "The `nn.Module` to optimise (and to wrap with accelerate/DDP); its parameters are the SAM2 model's."
         return self._module
 
     def set_train_prompts(self,
-                          kind:str='box', # box | points_1 | points_3 | points_5 | full_image (one whole-image box: prompt-free use)
+                          kind:str='box', # box | points_1 | points_3 | points_5 | full_image (one whole-image box: prompt-free use) | mixed (per image, see `MIXED_PROMPTS`)
                           jitter:float=0.0, # box jitter (see `boxes_from_mask`)
                           expand_ratio:float=0.0, # box expansion (see `boxes_from_mask`)
                           n_neg:int=0, # negative points per object (points_k)
@@ -152,7 +134,7 @@ class SamSegmenter(TrainableSegmenter):
                           class_aware:bool=False, # prompts per class, C x H x W logits (needs num_classes)
                           num_classes:int|None=None): # number of defect classes (class_aware)
         "How `forward_batch` simulates training prompts from each image's ground truth (the training loop sets it)."
-        kinds = ('box', 'points_1', 'points_3', 'points_5', 'full_image')
+        kinds = ('box', 'points_1', 'points_3', 'points_5', 'full_image', 'mixed')
         if kind == 'full_image' and class_aware: raise ConfigError("the full_image prompt carries no class; it cannot train class-aware")
         if kind not in kinds: raise ConfigError(f"training prompt kind must be one of {', '.join(kinds)}, got {kind!r}")
         if jitter < 0 or expand_ratio < 0: raise ConfigError(f"jitter and expand_ratio must be >= 0, got {jitter}, {expand_ratio}")
@@ -197,7 +179,8 @@ def _train_cache(self:SamSegmenter, store:bool=True) -> EmbeddingCache|None:
 def _features(self:SamSegmenter, crops:list, # HxWx3 uint8 images or tiles
               stage:str='post', # 'post' or 'raw' (see `SamImageModule.encode`)
               train:bool=False, # the training path: exact float32 features only, one image per encoder call
-              store:bool=True) -> list[dict]: # training: may the disk tier keep them (False for augmented images)
+              store:bool=True, # training: may the disk tier keep them (False for augmented images)
+              encoded:list|None=None) -> list[dict]: # a list to receive, per crop, whether the encoder ran for it (False: cache or store)
     "Encoder features (batch of 1, on the model's device) of each crop, from the cache or the encoder."
     cache = _train_cache(self, store) if train else self.cache
     bs = 1 if train else self.encode_batch_size
@@ -209,6 +192,7 @@ def _features(self:SamSegmenter, crops:list, # HxWx3 uint8 images or tiles
         if f is None: todo.setdefault(k, []).append(i)
         else: out[i] = f
     miss = list(todo)
+    if encoded is not None: encoded += [keys[i] in todo for i in range(len(crops))]
     for a in range(0, len(miss), bs):
         ks = miss[a:a + bs]
         with torch.no_grad(), eval_mode(self.model.image_encoder), torch.autocast(self.device.type, enabled=False):
@@ -235,24 +219,25 @@ def clear_cache(self:SamSegmenter, disk:bool=False): # also delete the disk tier
 
 # %% ../../../nbs/41_models.sam.inference.ipynb #908faa57
 def _decode_whole(self:SamSegmenter, f:dict, hw:tuple, coords, labels, mask_input=None):
-    "Yield (a, b, probs (k, H, W), low-res logits (k, h, w), iou (k,)) for prompt chunks [a, b) of one image."
-    dev, mm = self.device, self.multimask_output
+    "Yield (a, b, probs (k, H, W), low-res logits (k, h, w), iou (k,), object score (k,)) for prompt chunks [a, b) of one image."
+    dev = self.device
     e, hr = self._module.image_features(f, 0)
     c_all = torch.as_tensor(to_model_coords(coords, hw, self.image_size), device=dev)
     l_all = torch.as_tensor(labels, dtype=torch.int, device=dev)
     for a in range(0, len(coords), self.decode_batch_size):
         b = min(a + self.decode_batch_size, len(coords))
         m = None if mask_input is None else torch.as_tensor(mask_input[a:b], dtype=torch.float32, device=dev).reshape(b - a, 1, *mask_input.shape[-2:])
-        low, iou = self._module.decode(e, hr, c_all[a:b], l_all[a:b], m, mm)
-        low, iou = select_mask(low, iou, mm)
-        yield a, b, torch.sigmoid(upsample_logits(low, hw)), low.clamp(-32, 32), iou
+        low, iou, obj, _ = self._module.decode_rule(e, hr, c_all[a:b], l_all[a:b], m, self.output, self.stability)
+        if self.object_score_rule: low = no_object(low, obj)
+        yield a, b, torch.sigmoid(upsample_logits(low, hw)), low, iou, obj
 
 def _decode_tiled(self:SamSegmenter, feats:dict, tiles:list, routes:list, hw:tuple, n:int):
-    "Yield (a, b, probs (k, H, W), None, None) for prompt chunks, stitched over the tiles that ran each prompt."
-    dev, mm, R = self.device, self.multimask_output, self.image_size
+    "Yield (a, b, probs (k, H, W), None, mean iou (k,), max object score (k,)) for prompt chunks, stitched over the tiles that ran each prompt."
+    dev, R = self.device, self.image_size
     for a in range(0, n, self.decode_batch_size):
         b = min(a + self.decode_batch_size, n)
         st = Stitcher(b - a, *hw, blend=self.tiling['blend'], device=dev)
+        iou_sum, runs, obj_max = torch.zeros(b - a, device=dev), torch.zeros(b - a, device=dev), torch.full((b - a,), -torch.inf, device=dev)
         for t, routed in enumerate(routes):
             sel = [r for r in routed if a <= r[0] < b]
             if not sel: continue
@@ -262,10 +247,13 @@ def _decode_tiled(self:SamSegmenter, feats:dict, tiles:list, routes:list, hw:tup
                 grp = [r for r in sel if len(r[2]) == p]
                 c = torch.as_tensor(np.stack([to_model_coords(r[1], (th, tw), R) for r in grp]), device=dev)
                 l = torch.as_tensor(np.stack([r[2] for r in grp]), dtype=torch.int, device=dev)
-                low, iou = self._module.decode(e, hr, c, l, None, mm)
-                low, _ = select_mask(low, iou, mm)
-                st.add(tiles[t], [r[0] - a for r in grp], torch.sigmoid(upsample_logits(low, (th, tw))))
-        yield a, b, st.result(), None, None
+                low, iou, obj, _ = self._module.decode_rule(e, hr, c, l, None, self.output, self.stability)
+                if self.object_score_rule: low = no_object(low, obj)
+                idx = [r[0] - a for r in grp]
+                st.add(tiles[t], idx, torch.sigmoid(upsample_logits(low, (th, tw))))
+                k = torch.as_tensor(idx, device=dev)
+                iou_sum[k] += iou.float(); runs[k] += 1; obj_max[k] = torch.maximum(obj_max[k], obj.float())
+        yield a, b, st.result(), None, iou_sum / runs.clamp_min(1), obj_max
 
 # %% ../../../nbs/41_models.sam.inference.ipynb #a57228c8
 def _crops_for(self:SamSegmenter, image, coords, labels):
@@ -276,9 +264,20 @@ def _crops_for(self:SamSegmenter, image, coords, labels):
     used = [t for t, r in enumerate(routes) if r]
     return [image[y:y + th, x:x + tw] for (y, x, th, tw) in (tiles[t] for t in used)], [tiles[t] for t in used], [routes[t] for t in used]
 
+def _tap(chunks, sink:list):
+    "Pass decoded chunks through, keeping their predicted IoUs and object scores."
+    for ch in chunks:
+        sink.append((ch[4], ch[5])); yield ch
+
+def _details(sink:list) -> dict:
+    "An image's `DETAIL_COLUMNS` from its prompts' predicted IoUs and object scores."
+    iou, obj = torch.cat([s[0] for s in sink]).float(), torch.cat([s[1] for s in sink]).float()
+    return dict(pred_iou=float(iou.mean()), object_score=float(obj.max()), no_object_prompts=int((obj <= 0).sum()))
+
 @patch
 def predict_batch(self:SamSegmenter, images:list, # HxWx3 uint8 images
-                  prompts:list|None=None) -> list[np.ndarray]: # one prompt keyword dict per image (see `predict`)
+                  prompts:list|None=None, # one prompt keyword dict per image (see `predict`)
+                  details:list|None=None) -> list[np.ndarray]: # a list to receive one dict of `detail_columns` per image
     "Probabilities for several images; their (uncached) images or tiles share image-encoder calls."
     prompts = [{}] * len(images) if prompts is None else list(prompts)
     if len(prompts) != len(images): raise DataError(f"predict_batch: {len(images)} images but {len(prompts)} prompt dicts")
@@ -292,12 +291,15 @@ def predict_batch(self:SamSegmenter, images:list, # HxWx3 uint8 images
         arrs = [prompt_arrays(**(p or {})) for p in pss]
         plans = [_crops_for(self, im, c, l) for im, (c, l, _) in zip(ims, arrs)]
         with torch.inference_mode(), eval_mode(self.model):
-            feats = self._features([c for crops, _, _ in plans for c in crops])
+            ran = []
+            feats = self._features([c for crops, _, _ in plans for c in crops], encoded=ran)
             k = 0
             for im, (c, l, cls), (crops, tiles, routes), p in zip(ims, arrs, plans, pss):
-                f, k, hw = feats[k:k + len(crops)], k + len(crops), im.shape[:2]
+                f, enc, k, hw = feats[k:k + len(crops)], ran[k:k + len(crops)], k + len(crops), im.shape[:2]
                 chunks = _decode_whole(self, f[0], hw, c, l) if tiles is None else _decode_tiled(self, f, tiles, routes, hw, len(c))
-                outs.append(combine_probs(chunks, len(c), hw, cls, (p or {}).get('num_classes'), self.device).float().cpu().numpy())
+                sink = []
+                outs.append(combine_probs(_tap(chunks, sink), len(c), hw, cls, (p or {}).get('num_classes'), self.device).float().cpu().numpy())
+                if details is not None: details.append(_details(sink) | {'encoder_run': float(np.mean(enc))})
     return outs
 
 @patch
@@ -314,7 +316,7 @@ def predict(self:SamSegmenter, image:np.ndarray, # HxWx3 uint8
 def predict_prompts(self:SamSegmenter, image:np.ndarray, # HxWx3 uint8
                     boxes=None, points=None, labels=None, # as in `predict`
                     mask_input:np.ndarray|None=None) -> dict: # (N, h, w) low-res logits of a previous call (no tiling)
-    "Per-prompt outputs: `probs` (N, H, W), and without tiling `low_res` logits (N, h, w) and `iou` (N,)."
+    "Per-prompt outputs: `probs` (N, H, W), `iou` (N,), `object_score` (N,), and without tiling `low_res` logits (N, h, w)."
     check_image(image)
     c, l, _ = prompt_arrays(boxes, points, labels)
     if mask_input is not None:
@@ -328,7 +330,7 @@ def predict_prompts(self:SamSegmenter, image:np.ndarray, # HxWx3 uint8
         chunks = list(_decode_whole(self, f[0], image.shape[:2], c, l, mask_input) if tiles is None
                       else _decode_tiled(self, f, tiles, routes, image.shape[:2], len(c)))
     cat = lambda i: None if chunks[0][i] is None else torch.cat([ch[i] for ch in chunks]).float().cpu().numpy()
-    return dict(probs=cat(2), low_res=cat(3), iou=cat(4))
+    return dict(probs=cat(2), low_res=cat(3), iou=cat(4), object_score=cat(5))
 
 # %% ../../../nbs/41_models.sam.inference.ipynb #c2db5665
 @patch
@@ -343,7 +345,9 @@ def info(self:SamSegmenter) -> dict:
             'params_total': pc['total'], 'params_image_path': pc['image_path'], 'params_trainable': pc['trainable'],
             'trainable_params': pc['trainable'], 'total_params': pc['image_path'],   # the row's pair: of the image path
             'peft_method': self.lora.get('method', 'lora') if self.lora else None,
-            'multimask_output': self.multimask_output, 'tiling': dict(self.tiling) if self.tiling else None}
+            'output': self.output, 'stability_fallback': self.stability_fallback, 'trained_loss': self.trained_loss,
+            'use_object_score': self.use_object_score, 'object_score_rule': self.object_score_rule,
+            'tiling': dict(self.tiling) if self.tiling else None}
 
 # %% ../../../nbs/41_models.sam.inference.ipynb #30890ac9
 def _bump(self:SamSegmenter): self._weights_version += 1
@@ -355,6 +359,7 @@ def set_trainable(self:SamSegmenter, parts='all') -> list[str]: # 'all' or part 
     self.parts = trainable_parts(parts)
     names = adapters.set_trainable(self.model, self.parts)
     self.finetune, self.trainable = 'full', True
+    self.set_inference(stability_fallback=False)     # training never falls back (train mode): neither does the trained model
     return names
 
 @patch
@@ -368,6 +373,7 @@ def apply_lora(self:SamSegmenter, strategy:str='decoder', rank:int|None=8, alpha
         tuner = adapters.apply_lora(self.model, strategy, rank, alpha, dropout, method)
     self._lora_tuner, self.lora = tuner, dict(strategy=strategy, rank=rank, alpha=alpha, dropout=dropout, method=method)
     self.finetune, self.trainable, self.parts = 'lora', True, ()
+    self.set_inference(stability_fallback=False)     # training never falls back (train mode): neither does the trained model
     _bump(self)
     return tuner
 
@@ -402,7 +408,8 @@ def adapted_modules(self:SamSegmenter) -> list[str]:
 # %% ../../../nbs/41_models.sam.inference.ipynb #4a870180
 def _base_meta(self:SamSegmenter) -> dict:
     return dict(sam2_size=self.size, image_size=self.image_size, base_weights=self.weights,
-                base_sha256=self.checkpoint_sha256, base_seed=self.seed if self.weights == 'random' else None)
+                base_sha256=self.checkpoint_sha256, base_seed=self.seed if self.weights == 'random' else None,
+                inference=self.inference_settings())
 
 @patch
 def trainable_state_dict(self:SamSegmenter) -> dict:
@@ -462,6 +469,7 @@ def load_trainable(self:SamSegmenter, path:str|Path): # file written by `save_tr
         with torch.no_grad():
             for n, p in want.items(): p.copy_(sd[n].to(p.device, p.dtype))
     else: raise DataError(f"{path}: unknown kind {meta['kind']!r}")
+    self.set_inference(**meta.get('inference', {}))
     self.trained = path
     _bump(self)
 
@@ -511,14 +519,12 @@ def forward_batch(self:SamSegmenter, samples:list, # augmented `Sample`s
                   module:nn.Module) -> TrainOutput: # the wrapped `self.module`
     "Simulate prompts (`train_prompts`) for each sample, run them through `module`; per-image (C, H, W) logits and targets."
     if not self.trainable: raise ConfigError("this SAM2 model has nothing to train: build it with finetune='full' or 'lora'")
-    if self.train_objective != dict(loss='dice_focal', correction_iters=0, train_empty='negative_prompt'):
-        return objective_forward_batch(self, samples, rng, module)
-    sims = [simulate_prompts(s.mask, rng, **self.train_prompts) for s in samples]
-    store = not any(s.meta.get('augmented') for s in samples)   # augmented pixels would only fill the disk store
-    logits = self.forward_train([s.image for s in samples], [p.as_kwargs() for p, _, _ in sims], combine=True, module=module, store=store)
-    logits = [l if l.ndim == 3 else l[None] for l in logits]
-    dev = logits[0].device
-    return TrainOutput(logits, [torch.from_numpy(t).to(dev) for _, t, _ in sims], [torch.from_numpy(v).to(dev) for _, _, v in sims])
+    return objective_forward_batch(self, samples, rng, module)
+
+@patch
+def trains_on(self:SamSegmenter, samples:list) -> bool: # augmented `Sample`s of one micro-batch
+    "False when `train_empty='skip'` leaves every image of the micro-batch out (none has a prompt-worthy defect)."
+    return self.train_objective['train_empty'] != 'skip' or any(has_prompt(s.mask, **self.train_prompts) for s in samples)
 
 @patch
 def after_optimizer_step(self:SamSegmenter):
@@ -551,6 +557,7 @@ def set_train_objective(self:SamSegmenter,
         raise ConfigError("correction_iters needs prompts a user would correct; the full_image prompt is prompt-free use, "
                           "where nobody clicks: train it with correction_iters=0")
     self.train_objective = dict(loss=loss, correction_iters=int(correction_iters), train_empty=train_empty)
+    self.set_inference(trained_loss=loss)
 
 # %% ../../../nbs/41_models.sam.inference.ipynb #6d640e26
 def build_sam2(finetune:str|None=None, # None (zero-shot), 'full' or 'lora'
@@ -564,7 +571,7 @@ def build_sam2(finetune:str|None=None, # None (zero-shot), 'full' or 'lora'
                peft_method:str|None=None, # lora (default) | dora | layernorm | bias_layernorm (see `adapters`)
                trainable='all', # full fine-tuning: 'all' or parts (image_encoder, prompt_encoder, mask_decoder)
                trained:str|Path|None=None, # a save_trainable file to load
-               **kwargs) -> SamSegmenter: # SamSegmenter options: image_size, multimask_output, tiling, cache_bytes, ...
+               **kwargs) -> SamSegmenter: # SamSegmenter options: image_size, output, use_object_score, tiling, cache_bytes, ...
     "Build a SAM2 segmenter for the registry: zero-shot, full fine-tuning or LoRA."
     if finetune not in (None, 'full', 'lora'): raise ConfigError(f"finetune must be None, 'full' or 'lora', got {finetune!r}")
     lora_args = dict(strategy=lora_strategy, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, method=peft_method)

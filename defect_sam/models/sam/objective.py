@@ -11,8 +11,8 @@ import torch
 from ...core.errors import DataError
 from ...evaluation.prompts import components, Prompts
 from ..base import TrainableSegmenter, TrainOutput
-from .batching import check_image, combine_logits, preprocess, prompt_arrays, simulate_prompts, small_components, to_model_coords, upsample_logits
-from .correction import next_click
+from .batching import check_image, combine_logits, multimask_prompts, no_object, preprocess, prompt_arrays, simulate_prompts, small_components, to_model_coords, upsample_logits
+from .correction import CLICK_FROM_GT, sample_click
 
 # %% auto #0
 __all__ = ['TRAIN_LOSSES', 'TRAIN_EMPTY', 'prompt_targets', 'objective_forward_batch']
@@ -25,8 +25,9 @@ TRAIN_EMPTY = ('negative_prompt', 'skip')
 def prompt_targets(mask:np.ndarray, # HxW class-index ground truth
                    p:Prompts, # the image's training prompts (`simulate_prompts`)
                    class_aware:bool=False, num_classes:int|None=None, min_area:int=10, # as the prompts were made
+                   per_component:bool=True, # points_k: one prompt per component, else one per mask (per class)
                    **_) -> tuple[np.ndarray, np.ndarray]: # target (N, H, W), valid (N, H, W), float32
-    "Each prompt's own target (the component it was made from; all of the mask for `full_image`; nothing for a random prompt)."
+    "Each prompt's own target (the component it was made from, or its class's mask for points made per mask; all of the mask for `full_image`; nothing for a random prompt)."
     H, W, n = *mask.shape, len(p)
     layers = [mask == c for c in range(1, num_classes + 1)] if class_aware else [mask > 0]
     if p.source == 'random' or p.kind == 'full_image':
@@ -34,50 +35,64 @@ def prompt_targets(mask:np.ndarray, # HxW class-index ground truth
         small = np.any([small_components(l, min_area) for l in layers], 0)
         return np.repeat(m[None], n, 0).astype(np.float32), np.repeat(~small[None], n, 0).astype(np.float32)
     ts, vs = [], []
+    whole = p.kind != 'box' and not per_component                      # points made per mask: one prompt per class
     for m in layers:
         small = small_components(m, min_area)
-        for _, x0, y0, x1, y1, crop in components(m, min_area):     # make_prompts' order: class by class, raster order
+        comps = components(m, min_area)                                 # make_prompts' order: class by class, raster order
+        if whole and comps: ts.append(m & ~small); vs.append(~small); continue
+        for _, x0, y0, x1, y1, crop in comps:
             t = np.zeros((H, W), bool); t[y0:y1 + 1, x0:x1 + 1] = crop
             ts.append(t); vs.append(~small)
     if len(ts) != n: raise DataError(f"prompt_targets: {n} prompts but {len(ts)} components; the prompts were not made per component")
     return np.stack(ts).astype(np.float32), np.stack(vs).astype(np.float32)
 
 # %% ../../../nbs/40_models.sam.objective.ipynb #6ed3708b
-def _module_inputs(seg:TrainableSegmenter, images:list) -> dict:
+def _module_inputs(seg:TrainableSegmenter, images:list, store:bool=True) -> dict:
     "The encoder's part of a module call: cached features when the encoder is frozen (reused by every step), else pixels."
     if seg.encoder_frozen:
         d = seg.model.sam_mask_decoder
         hr_train = seg.model.use_high_res_features_in_sam and any(p.requires_grad for p in [*d.conv_s0.parameters(), *d.conv_s1.parameters()])
         stage = 'raw' if hr_train else 'post'
-        fs = seg._features(list(images), stage, train=True)
+        fs = seg._features(list(images), stage, train=True, store=store)
         return dict(features={k: torch.cat([f[k].clone() if f[k].is_inference() else f[k] for f in fs]) for k in fs[0]}, stage=stage)
     return dict(pixels=preprocess(images, seg.image_size, seg.device))
 
-def _clicks(o:dict) -> tuple[np.ndarray, np.ndarray]:
-    "One corrective click per prompt of an image: (N, 1, 2) points, (N, 1) labels (-1 where the mask is right)."
+def _clicks(o:dict, rng:np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    "One training click per prompt of an image (`sample_click` on its valid pixels): (N, 1, 2) points, (N, 1) labels (-1: nowhere to click)."
     pred = (o['chosen'].detach() > 0).cpu().numpy()
     gt, val = o['target'].cpu().numpy() > 0, o['valid'].cpu().numpy() > 0
     pts, labs = np.zeros((len(pred), 1, 2), np.float32), np.full((len(pred), 1), -1, np.int64)
     for j in range(len(pred)):
-        c = next_click(pred[j] & val[j], gt[j] & val[j])
+        c = sample_click(pred[j] & val[j], gt[j] & val[j], rng, from_gt=rng.uniform() < CLICK_FROM_GT, valid=val[j])
         if c is not None: pts[j, 0], labs[j, 0] = c[:2], c[2]
     return pts, labs
 
+def _multimask(objs:list) -> list[bool]:
+    "Per image, whether its first prompts take the three multimask outputs (SAM2's rule; an image's prompts must agree)."
+    flags = []
+    for o in objs:
+        mm = multimask_prompts(o['labels'], 'sam2')
+        if mm.any() != mm.all(): raise DataError("an image's training prompts mix one-point and other prompts; SAM2's rule gives them different outputs")
+        flags.append(bool(mm.all()))
+    return flags
+
 def objective_forward_batch(seg:TrainableSegmenter, # a trainable SamSegmenter (its `train_prompts`, `train_objective`)
                             samples:list, # augmented `Sample`s
-                            rng:np.random.Generator, # the loop's generator: prompt simulation
+                            rng:np.random.Generator, # the loop's generator: prompts and clicks
                             module) -> TrainOutput: # the wrapped `seg.module`
-    "Per-prompt SAM2 outputs for the sam2 loss, corrective-click steps and `train_empty` (see above)."
+    "Per-prompt SAM2 outputs for the loss, corrective-click steps and `train_empty` (see above): one module call, the encoder once."
     tp, ob = seg.train_prompts, seg.train_objective
     sims = [simulate_prompts(s.mask, rng, **tp) for s in samples]
     keep, weight = list(range(len(samples))), 1.0
     if ob['train_empty'] == 'skip':
         keep = [i for i, (p, _, _) in enumerate(sims) if p.source != 'random']
-        if not keep: keep, weight = [0], 0.0                 # nothing to learn from: one image at weight 0
+        if not keep: keep, weight = [0], 0.0                 # nothing to learn here (another process has): one image at weight 0
     samples, sims = [samples[i] for i in keep], [sims[i] for i in keep]
     images = [s.image for s in samples]
     for im in images: check_image(im)
     dev, R, K = seg.device, seg.image_size, ob['correction_iters']
+    store = not any(s.meta.get('augmented') for s in samples)   # augmented pixels would only fill the disk store
+    rule = seg.object_score_rule
     objs = []
     for s, (p, tgt, val) in zip(samples, sims):
         c, l, cls = prompt_arrays(**p.as_kwargs())
@@ -86,15 +101,15 @@ def objective_forward_batch(seg:TrainableSegmenter, # a trainable SamSegmenter (
                          target=torch.from_numpy(t).to(dev), valid=torch.from_numpy(v).to(dev),
                          weight=torch.full((len(c),), weight, device=dev),
                          comb=(torch.from_numpy(tgt).to(dev), torch.from_numpy(val).to(dev) * weight)))
-    inputs = _module_inputs(seg, images)
+    prompts = lambda: [(torch.as_tensor(to_model_coords(o['coords'], o['hw'], R), device=dev),
+                        torch.as_tensor(o['labels'], dtype=torch.int, device=dev), o['mask_input']) for o in objs]
     steps = []
-    for k in range(K + 1):
-        ps = [(torch.as_tensor(to_model_coords(o['coords'], o['hw'], R), device=dev), torch.as_tensor(o['labels'], dtype=torch.int, device=dev),
-               o['mask_input']) for o in objs]
-        multimask = k == 0 and all((o['labels'] >= 0).sum(1).max() <= 1 for o in objs)   # SAM2: at most one point
-        outs = module(ps, multimask_output=bool(multimask), object_score=True, **inputs)
+
+    def collect(outs) -> None:
+        "One step's TrainOutput; each prompt's chosen mask (highest predicted IoU) goes on to the next step."
         logits, per = [], []
         for o, (low, iou, obj) in zip(objs, outs):
+            if rule: low = no_object(low, obj)                                      # sam2: "no object" masks, in training too
             hi = upsample_logits(low, o['hw'])                                     # (N, M, H, W)
             sel = iou.argmax(1)
             ar = torch.arange(len(sel), device=dev)
@@ -103,10 +118,17 @@ def objective_forward_batch(seg:TrainableSegmenter, # a trainable SamSegmenter (
             logits.append(lg if lg.ndim == 3 else lg[None])
             per.append(dict(masks=hi, iou=iou, object_score=obj, target=o['target'], valid=o['valid'], weight=o['weight']))
         steps.append(TrainOutput(logits, [o['comb'][0] for o in objs], [o['comb'][1] for o in objs], objects=per))
-        if k == K: break
+
+    def corrections(outs):
+        "Record the step; then every prompt gets a click and its chosen logits as mask input, or None after K clicks."
+        collect(outs)
+        if len(steps) > K: return None
         for o in objs:
-            pts, labs = _clicks(o)
+            pts, labs = _clicks(o, rng)
             o['coords'], o['labels'] = np.concatenate([o['coords'], pts], 1), np.concatenate([o['labels'], labs], 1)
             o['mask_input'] = o['chosen_low'][:, None]
+        return prompts(), False
+
+    module(prompts(), multimask_output=_multimask(objs), object_score=True, corrections=corrections, **_module_inputs(seg, images, store))
     last = steps[-1]
     return TrainOutput(last.logits, last.targets, last.valid, objects=last.objects, iterations=steps if K else None)
