@@ -21,16 +21,26 @@ the sam2 loss); with every object standing out from what it covers by a luminanc
 reached 0.795 (lr 3e-4) and 0.791 (lr 1e-3). The proxy the benchmarks use keeps that rule with a wider range
 (0.15-0.7) and stronger textures, and trains longer.
 
-    python tools/pretrain_proxy.py                          # the proxy the benchmarks use (cached; the budget: 50 min, one torch thread)
+    python tools/pretrain_proxy.py --steps 1800             # the proxy the benchmarks use (cached)
     python tools/pretrain_proxy.py --minutes 2 --out /tmp/p  # a weak proxy for a quick check
 
 The run resumes when interrupted (same --out and options): the plan (steps from the time budget, measured once) is
 kept in `plan.json`, the training state in `last.torch`. The result is `sam2.1_tiny_proxy.pt`, an official-format
 checkpoint (`{"model": state_dict}`) that `weights=<path>` loads strictly at any `sam2_image_size`, and `proxy.json`
 with, on held-out generated images before and after: the zero-shot mIoU per prompt kind (box, points_1, points_3,
-points_5; the oracle protocol of `evaluate`), and the object-score AUROC over held-out prompts with and without an
-object (a box on each object; random boxes on images without one and on the background of the others). A number from
-this model is a proxy-pretrained number: say so wherever it appears.
+points_5; the oracle protocol of `evaluate`, 64 images), and on 400 held-out images the object-score AUROC of a box on
+each object against a random box on each defect-free image (what the head is trained for, as in sam2) and, apart,
+against a random box on the background of an image with objects (never a training target). A number from this model
+is a proxy-pretrained number: say so wherever it appears.
+
+Measured (`python tools/pretrain_proxy.py --steps 1800 --device cpu`, one torch thread, about 70 min
+beside other jobs, resumed once): held-out zero-shot mIoU
+box 0.233 -> 0.387, points_1 0.230 -> 0.441, points_3 0.229 -> 0.439, points_5 0.232 -> 0.430; object-score AUROC
+against boxes on defect-free images 0.408 -> 1.000 (1,232 object prompts, 32 on clean images; every object prompt
+scored positive, every clean one not), against boxes on the background of images with objects 0.490 -> 0.469 (not
+learned, and not trained: sam2 has no such negative either). The box-only proxy of before (3000 steps, Dice + focal,
+no empty images, no clicks) reached box mIoU 0.859: the mixed prompts, corrective clicks and the sam2 loss learn
+masks more slowly per step on this corpus, and 1,800 steps were what the session's budget allowed.
 """
 from __future__ import annotations
 
@@ -150,25 +160,34 @@ def _zero_shot(seg, ds) -> dict:
 
 
 def object_score_auroc(seg, ds, seed: int = 0) -> dict:
-    "AUROC of the object score: a box on each object (positive) against random boxes on empty images and on the background of the others."
+    """AUROC of the object score, a box on each object (positive) against a random box
+    - on each defect-free image (`object_score_auroc`): what the head is trained for, as in sam2, where a prompt with no
+      object is a prompt on a frame (here an image) that holds none;
+    - on the background of each image with objects (`object_score_auroc_background`): never a training target, so
+      no claim; recorded so that nobody reads the first figure as this one."""
     from sklearn.metrics import roc_auc_score
     from defect_sam.evaluation.prompts import boxes_from_mask
     rng = np.random.default_rng(seed)
-    score, label = [], []
+    pos, clean, bg = [], [], []
     for s in ds:
         H, W = s.mask.shape
-        boxes = [(b, 1) for b in boxes_from_mask(s.mask, min_area=10)]
         for _ in range(50):                                     # a random box that touches no object (a few tries)
             w, h = rng.uniform(0.1, 0.5) * W, rng.uniform(0.1, 0.5) * H
             x0, y0 = rng.uniform(0, W - w), rng.uniform(0, H - h)
             b = np.array([x0, y0, x0 + w, y0 + h], np.float32)
-            if not s.mask[int(y0):int(y0 + h) + 1, int(x0):int(x0 + w) + 1].any(): boxes.append((b, 0)); break
+            if not s.mask[int(y0):int(y0 + h) + 1, int(x0):int(x0 + w) + 1].any(): break
+        else: b = None
+        objs = boxes_from_mask(s.mask, min_area=10)
+        boxes = list(objs) + ([b] if b is not None else [])
         if not boxes: continue
-        out = seg.predict_prompts(s.image, boxes=np.stack([b for b, _ in boxes]))
-        score += out['object_score'].tolist(); label += [l for _, l in boxes]
-    auroc = float(roc_auc_score(label, score)) if len(set(label)) == 2 else float('nan')   # one kind only: undefined
-    return {'object_score_auroc': auroc, 'prompts_with_object': int(sum(label)),
-            'prompts_without_object': int(len(label) - sum(label))}
+        sc = seg.predict_prompts(s.image, boxes=np.stack(boxes))['object_score'].tolist()
+        pos += sc[:len(objs)]
+        if b is not None: (bg if len(objs) else clean).append(sc[-1])
+    auc = lambda neg: float(roc_auc_score([1] * len(pos) + [0] * len(neg), pos + neg)) if pos and neg else float('nan')
+    return {'object_score_auroc': auc(clean), 'object_score_auroc_background': auc(bg), 'prompts_with_object': len(pos),
+            'prompts_on_clean_images': len(clean), 'prompts_on_background': len(bg),
+            'object_prompts_scored_positive': float(np.mean(np.array(pos) > 0)) if pos else float('nan'),
+            'clean_prompts_scored_positive': float(np.mean(np.array(clean) > 0)) if clean else float('nan')}
 
 
 def pretrain(out: Path, minutes: float, image_size: int = 128, batch_size: int = 4, lr: float = 3e-4, n_images: int = 50000,
@@ -188,6 +207,7 @@ def pretrain(out: Path, minutes: float, image_size: int = 128, batch_size: int =
         print(f"cached: {out/OUT_NAME} (zero-shot box mIoU {rec['heldout_mIoU_before']:.3f} -> {rec['heldout_mIoU_after']:.3f})")
         return rec
     heldout = proxy_corpus('heldout', eval_images, image_size)
+    scored = proxy_corpus('heldout', 400, image_size)            # ~40 defect-free images for the AUROC
     mk = lambda: build_sam2('full', 'tiny', 'random', device, image_size=image_size, seed=seed, cache_bytes=0)
     cfg = lambda n: TrainConfig(steps=n, batch_size=batch_size, lr=lr, warmup_ratio=0.05, min_lr_ratio=0.1, seed=seed,
                                 val_every=None, ckpt_every=25, log_every=10, augment=None, prompt=prompt, prompt_jitter=0.1,
@@ -199,7 +219,7 @@ def pretrain(out: Path, minutes: float, image_size: int = 128, batch_size: int =
             raise ConfigError(f"{out} holds a proxy run with other options {plan['args']}; use another --out or the same options")
     else:
         seg = mk()
-        before = {**_zero_shot(seg, heldout), **object_score_auroc(seg, heldout)}
+        before = {**_zero_shot(seg, heldout), **object_score_auroc(seg, scored)}
         if steps is None:                                               # measure the step time once, then fix the plan
             t0 = time.perf_counter()
             train(seg, corpus, None, cfg(3), out/'probe', resume=False)
@@ -207,12 +227,15 @@ def pretrain(out: Path, minutes: float, image_size: int = 128, batch_size: int =
             steps = max(int(minutes * 60 / per), 1)
         plan = {'args': args, 'steps': steps, 'before': before}
         write_json_atomic(plan_p, plan)
+    if 'object_score_auroc_background' not in plan['before']:          # a plan from before the two AUROCs: score the random init again
+        plan['before'] |= object_score_auroc(mk(), scored)
+        write_json_atomic(plan_p, plan)
     seg = mk()
     t0 = time.perf_counter()
     res = train(seg, corpus, None, cfg(plan['steps']), out/'train', resume=True)
     torch_save_atomic({'model': {k: v.detach().cpu() for k, v in seg.model.state_dict().items()}}, out/OUT_NAME)
     check = SamSegmenter('tiny', weights=str(out/OUT_NAME), device=device, image_size=image_size, cache_bytes=0)   # strict load
-    after = {**_zero_shot(check, heldout), **object_score_auroc(check, heldout)}
+    after = {**_zero_shot(check, heldout), **object_score_auroc(check, scored)}
     hist = res.history[res.history.kind == 'train']
     rec = {'checkpoint': str(out/OUT_NAME), 'args': args, 'steps': res.steps, 'image_size': image_size,
            'train_time_s': time.perf_counter() - t0, 'heldout_images': eval_images, 'before': plan['before'], 'after': after,
@@ -222,8 +245,11 @@ def pretrain(out: Path, minutes: float, image_size: int = 128, batch_size: int =
     write_json_atomic(done, rec)
     print(f"{out/OUT_NAME}: {res.steps} steps at {image_size} px (PROXY-PRETRAINED, not the official weights); held-out zero-shot mIoU "
           + ', '.join(f"{k} {plan['before'][k]:.3f} -> {after[k]:.3f}" for k in KINDS)
-          + f"; object-score AUROC {plan['before']['object_score_auroc']:.3f} -> {after['object_score_auroc']:.3f} "
-          f"({after['prompts_with_object']} prompts with an object, {after['prompts_without_object']} without)")
+          + f"; object-score AUROC against boxes on defect-free images {plan['before']['object_score_auroc']:.3f} -> "
+          f"{after['object_score_auroc']:.3f} ({after['prompts_with_object']} object prompts, {after['prompts_on_clean_images']} on "
+          f"clean images; positive scores: objects {after['object_prompts_scored_positive']:.2f}, clean "
+          f"{after['clean_prompts_scored_positive']:.2f}); against boxes on the background of images with objects (never a "
+          f"training target) {plan['before']['object_score_auroc_background']:.3f} -> {after['object_score_auroc_background']:.3f}")
     return rec
 
 
