@@ -68,7 +68,11 @@ def test_attn_mlp_is_between_encoder_decoder_and_all():
     m = build_model('sam2_zeroshot', weights='random', image_size=64).model
     ed, am, al = (set(lora_targets(m, s)) for s in ('encoder_decoder', 'attn_mlp', 'all'))
     assert ed < am < al and any('mlp.layers' in n for n in am - ed)
-    assert not any(h in n for n in am for h in ('output_hypernetworks', 'iou_prediction_head', 'pred_obj_score_head', 'prompt_encoder'))
+    assert not any(h in n for n in am for h in ('output_hypernetworks', 'prompt_encoder'))
+    # the heads inference reads (the output rule's predicted IoU, the object-score rule) are adapted by every strategy
+    for s in ('decoder', 'encoder_decoder', 'attn_mlp', 'all'):
+        t = set(lora_targets(m, s))
+        assert any('iou_prediction_head' in n for n in t) and any('pred_obj_score_head' in n for n in t), s
 
 
 def test_sam2_loss_keeps_the_min_loss_mask_and_trains_both_heads():
@@ -188,9 +192,13 @@ def test_proxy_corpus_is_generic_and_deterministic():
 
 def test_proxy_pretraining_writes_a_strict_checkpoint_and_caches(tmp_path, monkeypatch):
     tool = _proxy_tool()
-    kw = dict(image_size=64, batch_size=1, eval_images=1, steps=1, progress=False, device='cpu')
+    kw = dict(image_size=64, batch_size=1, eval_images=1, auroc_images=12, steps=1, progress=False, device='cpu')
     rec = tool.pretrain(tmp_path, 0.0, **kw)
     assert rec['steps'] == 1 and 0 <= rec['heldout_mIoU_after'] <= 1
+    for when in ('before', 'after'):                        # the two AUROCs, over the prompts the tool counted
+        r = rec[when]
+        assert {'box', 'points_1', 'points_3', 'points_5', 'object_score_auroc', 'object_score_auroc_background'} <= set(r)
+        assert r['prompts_with_object'] > 0 and r['prompts_on_clean_images'] + r['prompts_on_background'] <= 12
     s = build_model('sam2_lora', weights=rec['checkpoint'], image_size=128)        # `weights=<path>` loads it strictly
     assert s.info()['weights'] == rec['checkpoint']
     import defect_sam.training.loop

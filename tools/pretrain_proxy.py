@@ -192,6 +192,7 @@ def object_score_auroc(seg, ds, seed: int = 0) -> dict:
 
 def pretrain(out: Path, minutes: float, image_size: int = 128, batch_size: int = 4, lr: float = 3e-4, n_images: int = 50000,
              prompt: str = 'mixed', loss: str = 'sam2', correction_iters: int = 3, seed: int = 0, eval_images: int = 64,
+             auroc_images: int = 400,
              device: str = 'auto', steps: int | None = None, progress: bool = True) -> dict:
     "Pretrain (or resume, or reuse) the proxy; returns what proxy.json records."
     from defect_sam.core.errors import ConfigError
@@ -207,7 +208,7 @@ def pretrain(out: Path, minutes: float, image_size: int = 128, batch_size: int =
         print(f"cached: {out/OUT_NAME} (zero-shot box mIoU {rec['heldout_mIoU_before']:.3f} -> {rec['heldout_mIoU_after']:.3f})")
         return rec
     heldout = proxy_corpus('heldout', eval_images, image_size)
-    scored = proxy_corpus('heldout', 400, image_size)            # ~40 defect-free images for the AUROC
+    scored = proxy_corpus('heldout', auroc_images, image_size)   # 400: ~40 defect-free images for the AUROC
     mk = lambda: build_sam2('full', 'tiny', 'random', device, image_size=image_size, seed=seed, cache_bytes=0)
     cfg = lambda n: TrainConfig(steps=n, batch_size=batch_size, lr=lr, warmup_ratio=0.05, min_lr_ratio=0.1, seed=seed,
                                 val_every=None, ckpt_every=25, log_every=10, augment=None, prompt=prompt, prompt_jitter=0.1,
@@ -267,12 +268,14 @@ def main(argv=None):
     p.add_argument('--loss', default='sam2', choices=['sam2', 'dice_focal'])
     p.add_argument('--correction-iters', type=int, default=3, help='corrective clicks per training prompt (sam2: 7)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--eval-images', type=int, default=64)
+    p.add_argument('--eval-images', type=int, default=64, help='held-out images of the zero-shot mIoU per prompt kind')
+    p.add_argument('--auroc-images', type=int, default=400, help='held-out images of the object-score AUROC (a tenth are defect-free)')
     p.add_argument('--device', default='auto')
     a = p.parse_args(argv)
     out = a.out or cache_dir('proxy')/f'tiny_{a.image_size}'
-    pretrain(out, a.minutes, a.image_size, a.batch_size, a.lr, a.n_images, a.prompt, a.loss, a.correction_iters, a.seed,
-             a.eval_images, a.device, a.steps)
+    pretrain(out, a.minutes, image_size=a.image_size, batch_size=a.batch_size, lr=a.lr, n_images=a.n_images, prompt=a.prompt,
+             loss=a.loss, correction_iters=a.correction_iters, seed=a.seed, eval_images=a.eval_images,
+             auroc_images=a.auroc_images, device=a.device, steps=a.steps)
 
 
 if __name__ == '__main__':

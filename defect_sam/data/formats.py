@@ -32,13 +32,19 @@ __all__ = ['IMAGE_EXTS', 'MASK_MODES', 'read_image', 'image_size', 'encode_image
 # %% ../../nbs/12_data.formats.ipynb #7e82de35
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
+# PIL's own `Image.open`, taken when this module is imported. Importing ultralytics replaces `Image.open` with a
+# version that, on a file no installed plugin identifies, installs and imports `pi_heif` (offline: ModuleNotFoundError).
+# The readers keep PIL's own, and an ImportError from a replaced one (ultralytics imported first) means the same as
+# PIL's UnidentifiedImageError: no installed reader knows the file.
+_pil_open = Image.open
+
 def _open(path:Path, what:str) -> Image.Image:
     if not path.exists(): raise DataError(f"{path}: {what} file not found")
     try:
-        im = Image.open(path)
+        im = _pil_open(path)
         im.load()
         return im
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, ImportError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read {what} ({type(e).__name__}: {e}); the file is corrupt, truncated or not an image") from None
 
 def read_image(path:str|Path) -> np.ndarray:
@@ -57,8 +63,8 @@ def image_size(path:str|Path) -> tuple[int, int]:
     path = Path(path)
     if not path.exists(): raise DataError(f"{path}: image file not found")
     try:
-        with Image.open(path) as im: w, h = im.size
-    except (OSError, SyntaxError, ValueError) as e:
+        with _pil_open(path) as im: w, h = im.size
+    except (OSError, SyntaxError, ValueError, ImportError) as e:
         raise DataError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from None
     return h, w
 
