@@ -63,11 +63,13 @@ def environment(device:str|None=None) -> dict: # the run's device setting ('auto
         if name: pkgs[name.lower().replace('_', '-')] = d.version
     return {'python': platform.python_version(), 'platform': platform.platform(), 'torch': torch.__version__,
             'cuda': torch.version.cuda, 'cuda_available': torch.cuda.is_available(), 'device': _device_name(device),
+            'torch_threads': torch.get_num_threads(),   # CPU float sums depend on it: another count, other last bits
             'defect_sam': __version__, 'git_commit': git_commit(), 'packages': dict(sorted(pkgs.items()))}
 
 def environment_text(env:dict) -> str:
     "`environment.txt`: the facts, then the packages as `pip freeze` writes them."
-    head = [f'{k}: {env[k]}' for k in ('python', 'platform', 'torch', 'cuda', 'cuda_available', 'device', 'defect_sam', 'git_commit')]
+    head = [f'{k}: {env[k]}' for k in ('python', 'platform', 'torch', 'cuda', 'cuda_available', 'device', 'torch_threads', 'defect_sam',
+                                        'git_commit') if k in env]
     return '\n'.join(head + ['', '# packages (pip freeze)'] + [f'{k}=={v}' for k, v in env['packages'].items()]) + '\n'
 
 def read_environment(text:str) -> dict:
@@ -84,6 +86,8 @@ def environment_diff(a:dict, b:dict) -> list[str]:
     "What differs between two environments, one line each ('torch 2.14.1 -> 2.13.0', 'device ...', 'package x added')."
     out = [f"{k}: {a.get(k)} -> {b.get(k)}" for k in ('python', 'platform', 'torch', 'cuda', 'device', 'defect_sam', 'git_commit')
            if str(a.get(k)) != str(b.get(k))]
+    if 'torch_threads' in a and 'torch_threads' in b and str(a['torch_threads']) != str(b['torch_threads']):   # older records lack it
+        out.append(f"torch_threads: {a['torch_threads']} -> {b['torch_threads']} (CPU training and inference differ in the last bits)")
     pa, pb = a.get('packages', {}), b.get('packages', {})
     out += [f"{k} {pa[k]} -> {pb[k]}" for k in sorted(pa.keys() & pb.keys()) if pa[k] != pb[k]]
     out += [f"{k} {pb[k]} added" for k in sorted(pb.keys() - pa.keys())] + [f"{k} {pa[k]} removed" for k in sorted(pa.keys() - pb.keys())]
