@@ -20,7 +20,7 @@ from ..core.io import atomic_write, write_json_atomic
 from ..data.transforms import unletterbox
 from ..models.base import eval_mode, Segmenter
 from ..models.registry import build_model, model_family
-from ..models.sam.batching import check_image, combine_probs, no_object, preprocess, prompt_arrays, to_model_coords, upsample_logits
+from ..models.sam.batching import check_image, combine_probs, preprocess, prompt_arrays, to_model_coords, upsample_logits
 from ..models.sam.inference import SamSegmenter
 from ..models.unet import SmpSegmenter
 from ..training.loop import load_checkpoint
@@ -124,8 +124,8 @@ class _Sam2Decoder(nn.Module):
     def __init__(self, seg:SamSegmenter):
         super().__init__(); self.m, self.rule, self.stability, self.no_object = seg._module, seg.output, seg.stability, seg.object_score_rule
     def forward(self, image_embed, hr0, hr1, coords, labels):
-        low, iou, obj, _ = self.m.decode_rule(image_embed, [hr0, hr1], coords, labels, None, self.rule, self.stability)
-        return (no_object(low, obj) if self.no_object else low), iou, obj
+        low, iou, obj, _ = self.m.decode_rule(image_embed, [hr0, hr1], coords, labels, None, self.rule, self.stability, self.no_object)
+        return low, iou, obj
 
 SAM2_FILES = ('sam2_encoder.onnx', 'sam2_decoder.onnx')
 

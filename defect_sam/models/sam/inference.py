@@ -20,7 +20,7 @@ from ...core.errors import ConfigError, DataError
 from ...core.io import cache_dir
 from ..base import eval_mode, TrainableSegmenter, TrainOutput
 from .weights import fetch_checkpoint, load_sam2, sam2_spec
-from .batching import check_image, combine_logits, combine_probs, DETAIL_COLUMNS, has_prompt, no_object, OUTPUT_RULES, preprocess, prompt_arrays, PROMPT_KEYS, to_model_coords, upsample_logits
+from .batching import check_image, combine_logits, combine_probs, DETAIL_COLUMNS, has_prompt, OUTPUT_RULES, preprocess, prompt_arrays, PROMPT_KEYS, to_model_coords, upsample_logits
 from .cache import EmbeddingCache, image_key, weights_digest, weights_fingerprint
 from .adapters import check_lora_args, check_state_keys, in_parts, load_lora_state_dict, lora_state_dict, LORA_STRATEGIES, PEFT_METHODS, read_trainable, trainable_parts, write_trainable
 from .tiling import check_tiling, route_prompts, Stitcher, tile_grid
@@ -227,8 +227,7 @@ def _decode_whole(self:SamSegmenter, f:dict, hw:tuple, coords, labels, mask_inpu
     for a in range(0, len(coords), self.decode_batch_size):
         b = min(a + self.decode_batch_size, len(coords))
         m = None if mask_input is None else torch.as_tensor(mask_input[a:b], dtype=torch.float32, device=dev).reshape(b - a, 1, *mask_input.shape[-2:])
-        low, iou, obj, _ = self._module.decode_rule(e, hr, c_all[a:b], l_all[a:b], m, self.output, self.stability)
-        if self.object_score_rule: low = no_object(low, obj)
+        low, iou, obj, _ = self._module.decode_rule(e, hr, c_all[a:b], l_all[a:b], m, self.output, self.stability, self.object_score_rule)
         yield a, b, torch.sigmoid(upsample_logits(low, hw)), low, iou, obj
 
 def _decode_tiled(self:SamSegmenter, feats:dict, tiles:list, routes:list, hw:tuple, n:int):
@@ -247,8 +246,7 @@ def _decode_tiled(self:SamSegmenter, feats:dict, tiles:list, routes:list, hw:tup
                 grp = [r for r in sel if len(r[2]) == p]
                 c = torch.as_tensor(np.stack([to_model_coords(r[1], (th, tw), R) for r in grp]), device=dev)
                 l = torch.as_tensor(np.stack([r[2] for r in grp]), dtype=torch.int, device=dev)
-                low, iou, obj, _ = self._module.decode_rule(e, hr, c, l, None, self.output, self.stability)
-                if self.object_score_rule: low = no_object(low, obj)
+                low, iou, obj, _ = self._module.decode_rule(e, hr, c, l, None, self.output, self.stability, self.object_score_rule)
                 idx = [r[0] - a for r in grp]
                 st.add(tiles[t], idx, torch.sigmoid(upsample_logits(low, (th, tw))))
                 k = torch.as_tensor(idx, device=dev)

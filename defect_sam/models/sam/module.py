@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ...core.errors import ConfigError, DataError
-from .batching import choose_output
+from .batching import choose_output, no_object
 
 # %% auto #0
 __all__ = ['SamImageModule']
@@ -62,11 +62,12 @@ class SamImageModule(nn.Module):
     def decode_rule(self, embed, hr, coords, labels, # as `decode`
                     mask_input:torch.Tensor|None=None, # (N, 1, 4h, 4w) previous low-res logits
                     rule:str='sam2', # an OUTPUT_RULES key
-                    stability:tuple|None=None) -> tuple: # sam2's (delta, threshold) fallback for token-0 prompts; None: off
+                    stability:tuple|None=None, # sam2's (delta, threshold) fallback for token-0 prompts; None: off
+                    object_score_rule:bool=False) -> tuple: # a prompt whose object score is not positive predicts nothing (`no_object`)
         "Per prompt the output `rule` picks: low-res logits (N, 4h, 4w), predicted IoU (N,), object score (N,), output token (N,)."
         low, iou, obj = self.decode_all(embed, hr, coords, labels, mask_input)
         low, iou, tok = choose_output(low, iou, labels, rule, stability)
-        return low, iou, obj, tok
+        return (no_object(low, obj) if object_score_rule else low), iou, obj, tok
 
     def image_features(self, f:dict, i:int) -> tuple[torch.Tensor, list|None]:
         "Embedding (with the no-memory embedding added) and high-res features of image `i` of a feature batch."
